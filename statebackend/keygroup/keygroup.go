@@ -1,0 +1,89 @@
+// Package keygroup is flotilla's unit of state partitioning, after Flink's
+// KeyGroupRangeAssignment.
+//
+// A job has a max parallelism M: the number of key groups, fixed for the
+// job's lifetime. Every key belongs to exactly one group, Of(key, M). Task i of
+// p owns the contiguous range ForTask(i, p, M). Rescaling moves whole groups
+// between tasks, never keys within a group.
+//
+// Of is bit-for-bit the hash NATS uses for the subject-mapping function
+// {{partition(M, token...)}} (FNV-1a 32 of the concatenated key tokens, modulo
+// M), so a stream that partitions by key with a subject transform stores each
+// event under the same group number that flotilla assigns to its key.
+package keygroup
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+)
+
+// DefaultMaxParallelism is the number of key groups of a job that does not
+// say otherwise.
+const DefaultMaxParallelism = 128
+
+// MaxMaxParallelism bounds M. Key groups are written as 2 bytes in state keys.
+const MaxMaxParallelism = 1 << 15
+
+// ErrInvalidRange is returned for a range that is empty, inverted or outside
+// [0, M).
+var ErrInvalidRange = errors.New("keygroup: invalid key-group range")
+
+// Of returns the key group of key for max parallelism m. m must be in
+// [1, MaxMaxParallelism]; Of panics otherwise, since callers validate M once,
+// when a job is submitted.
+func Of(key []byte, m int) int {
+	if m < 1 || m > MaxMaxParallelism {
+		panic(fmt.Sprintf("keygroup: max parallelism %d out of range", m))
+	}
+	h := fnv.New32a()
+	_, _ = h.Write(key)
+	return int(h.Sum32() % uint32(m))
+}
+
+// Range is the inclusive range [Start, End] of key groups. The zero Range is
+// the single group 0.
+type Range struct {
+	Start int `json:"start"`
+	End   int `json:"end"`
+}
+
+// ForTask returns the range owned by task i of parallelism p with max
+// parallelism m: start = ceil(i*m/p), end = ceil((i+1)*m/p)-1. It requires
+// 0 <= i < p <= m.
+func ForTask(i, p, m int) Range {
+	if p < 1 || p > m || i < 0 || i >= p {
+		panic(fmt.Sprintf("keygroup: task %d of %d with max parallelism %d", i, p, m))
+	}
+	return Range{Start: ceilDiv(i*m, p), End: ceilDiv((i+1)*m, p) - 1}
+}
+
+// TaskFor returns the index of the task of parallelism p that owns group g.
+func TaskFor(g, p, m int) int { return g * p / m }
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+
+// Validate reports whether r is a non-empty range within [0, m).
+func (r Range) Validate(m int) error {
+	if r.Start < 0 || r.End < r.Start || r.End >= m {
+		return fmt.Errorf("%w: [%d, %d] with max parallelism %d", ErrInvalidRange, r.Start, r.End, m)
+	}
+	return nil
+}
+
+// Len is the number of groups in r.
+func (r Range) Len() int { return r.End - r.Start + 1 }
+
+// Contains reports whether g is in r.
+func (r Range) Contains(g int) bool { return g >= r.Start && g <= r.End }
+
+// Intersect returns the groups in both r and o, and false if there are none.
+func (r Range) Intersect(o Range) (Range, bool) {
+	s, e := max(r.Start, o.Start), min(r.End, o.End)
+	if s > e {
+		return Range{}, false
+	}
+	return Range{Start: s, End: e}, true
+}
+
+func (r Range) String() string { return fmt.Sprintf("[%d-%d]", r.Start, r.End) }
