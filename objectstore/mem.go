@@ -30,7 +30,7 @@ func (m *Mem) read(key string, r io.Reader, size int64) ([]byte, error) {
 	if err := ValidateKey(key); err != nil {
 		return nil, err
 	}
-	data, err := io.ReadAll(io.LimitReader(r, size+1))
+	data, err := readAll(io.LimitReader(r, max(size, 0)+1), size)
 	if err != nil {
 		return nil, err
 	}
@@ -38,6 +38,25 @@ func (m *Mem) read(key string, r io.Reader, size int64) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %q: got %d bytes, want %d", ErrSizeMismatch, key, len(data), size)
 	}
 	return data, nil
+}
+
+// readAll is io.ReadAll with room for sizeHint bytes (up to 64 MiB) from the
+// start, which spares large objects a chain of copies.
+func readAll(r io.Reader, sizeHint int64) ([]byte, error) {
+	b := make([]byte, 0, min(max(sizeHint, 0), 64<<20)+1)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // grow
+		}
+	}
 }
 
 // Put implements Store.

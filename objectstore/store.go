@@ -28,7 +28,9 @@ type Store interface {
 	// exactly once.
 	PutIfAbsent(ctx context.Context, key string, r io.Reader, size int64) error
 	// Get reads length bytes of key starting at offset; length < 0 reads to the
-	// end. A range past the end of the object is cut to the object. The
+	// end, and a negative offset counts as 0. A range past the end of the
+	// object is cut to the object (possibly to nothing). A missing key is
+	// reported by Get itself, as ErrNotFound, not by the first Read. The
 	// caller must Close the reader.
 	Get(ctx context.Context, key string, offset, length int64) (io.ReadCloser, error)
 	// Stat returns the object's attributes, or ErrNotFound.
