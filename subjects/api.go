@@ -1,0 +1,227 @@
+package subjects
+
+import (
+	"time"
+
+	"flotilla/statebackend"
+	"flotilla/statebackend/keygroup"
+)
+
+// This file holds the user plane: the requests and replies of the "flotilla"
+// micro service and of the savepoint trigger subject. People send these by
+// hand, so requests are lenient: type and version may be omitted.
+
+// TriggerSavepoint asks for a savepoint of a job. Published (or requested) on
+// Namespace.TriggerSavepoint(job) with an empty or JSON body.
+type TriggerSavepoint struct {
+	Header
+	// Job is taken from the subject when empty.
+	Job string `json:"job,omitempty"`
+	// Target is the location of the savepoint directory; empty means the
+	// coordinator's default savepoint location in its store.
+	Target string `json:"target,omitempty"`
+	// Format is "canonical" (default) or "native".
+	Format statebackend.Format `json:"format,omitempty"`
+	// Stop ends the job once the savepoint is committed (stop-with-savepoint).
+	Stop bool `json:"stop,omitempty"`
+}
+
+func (*TriggerSavepoint) MsgType() Type { return TypeTriggerSavepoint }
+func (*TriggerSavepoint) lenient()      {}
+
+func (m *TriggerSavepoint) Validate() error {
+	if m.Job != "" {
+		return ValidateName("job", m.Job)
+	}
+	return nil
+}
+
+// SavepointResult is the outcome of a savepoint.
+type SavepointResult struct {
+	Header
+	Job        string `json:"job,omitempty"`
+	Checkpoint uint64 `json:"checkpoint,omitempty"`
+	Location   string `json:"location,omitempty"`
+	Error      *Error `json:"error,omitempty"`
+}
+
+func (*SavepointResult) MsgType() Type   { return TypeSavepointResult }
+func (*SavepointResult) Validate() error { return nil }
+
+// SubmitJob submits a job.
+type SubmitJob struct {
+	Header
+	Spec JobSpec `json:"spec"`
+	// Parallelism overrides Spec.Parallelism when set.
+	Parallelism int `json:"parallelism,omitempty"`
+	// FromSavepoint is a savepoint or checkpoint location to restore from.
+	FromSavepoint string `json:"from_savepoint,omitempty"`
+}
+
+func (*SubmitJob) MsgType() Type { return TypeSubmitJob }
+func (*SubmitJob) lenient()      {}
+
+func (m *SubmitJob) Validate() error {
+	if m.Parallelism < 0 {
+		return Errorf(CodeInvalidArgument, "submit_job: parallelism %d is negative", m.Parallelism)
+	}
+	if m.Parallelism > 0 {
+		m.Spec.Parallelism = m.Parallelism
+	}
+	m.Spec = m.Spec.WithDefaults()
+	return m.Spec.Validate()
+}
+
+// JobRequest names a job, for status, cancel, stop and the list endpoints.
+type JobRequest struct {
+	Header
+	Job string `json:"job"`
+}
+
+func (*JobRequest) MsgType() Type { return TypeJobRequest }
+func (*JobRequest) lenient()      {}
+
+func (m *JobRequest) Validate() error { return ValidateName("job", m.Job) }
+
+// RescaleJob changes a running job's parallelism through a savepoint.
+type RescaleJob struct {
+	Header
+	Job         string `json:"job"`
+	Parallelism int    `json:"parallelism"`
+}
+
+func (*RescaleJob) MsgType() Type { return TypeRescaleJob }
+func (*RescaleJob) lenient()      {}
+
+func (m *RescaleJob) Validate() error {
+	if err := ValidateName("job", m.Job); err != nil {
+		return err
+	}
+	if m.Parallelism < 1 {
+		return Errorf(CodeInvalidArgument, "rescale_job: parallelism %d must be at least 1", m.Parallelism)
+	}
+	return nil
+}
+
+// SavepointDelete deletes a savepoint by location.
+type SavepointDelete struct {
+	Header
+	Location string `json:"location"`
+}
+
+func (*SavepointDelete) MsgType() Type { return TypeSavepointDelete }
+func (*SavepointDelete) lenient()      {}
+
+func (m *SavepointDelete) Validate() error {
+	return required(TypeSavepointDelete, "location", m.Location)
+}
+
+// TaskInfo is one task of a job in JobInfo.
+type TaskInfo struct {
+	Task    int            `json:"task"`
+	Range   keygroup.Range `json:"range"`
+	Worker  string         `json:"worker,omitempty"`
+	Attempt uint64         `json:"attempt,omitempty"`
+	State   TaskState      `json:"state,omitempty"`
+}
+
+// JobInfo describes a job.
+type JobInfo struct {
+	Header
+	Job   string     `json:"job,omitempty"`
+	State JobState   `json:"state,omitempty"`
+	Spec  *JobSpec   `json:"spec,omitempty"`
+	Tasks []TaskInfo `json:"tasks,omitempty"`
+	// LatestCheckpoint is the newest completed checkpoint or savepoint.
+	LatestCheckpoint uint64 `json:"latest_checkpoint,omitempty"`
+	Restarts         int    `json:"restarts,omitempty"`
+	Error            *Error `json:"error,omitempty"`
+}
+
+func (*JobInfo) MsgType() Type   { return TypeJobInfo }
+func (*JobInfo) Validate() error { return nil }
+
+// JobList lists jobs.
+type JobList struct {
+	Header
+	Jobs  []JobInfo `json:"jobs"`
+	Error *Error    `json:"error,omitempty"`
+}
+
+func (*JobList) MsgType() Type   { return TypeJobList }
+func (*JobList) Validate() error { return nil }
+
+// WorkerInfo describes a registered worker.
+type WorkerInfo struct {
+	Worker        string    `json:"worker"`
+	Instance      string    `json:"instance"`
+	Host          string    `json:"host,omitempty"`
+	Slots         int       `json:"slots"`
+	FreeSlots     int       `json:"free_slots"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+}
+
+// WorkerList lists registered workers.
+type WorkerList struct {
+	Header
+	Workers []WorkerInfo `json:"workers"`
+	Error   *Error       `json:"error,omitempty"`
+}
+
+func (*WorkerList) MsgType() Type   { return TypeWorkerList }
+func (*WorkerList) Validate() error { return nil }
+
+// TaskCheckpoint is one task's part of a completed checkpoint.
+type TaskCheckpoint struct {
+	Task   int                 `json:"task"`
+	Worker string              `json:"worker,omitempty"`
+	Handle statebackend.Handle `json:"handle"`
+	Sync   Duration            `json:"sync"`
+	Async  Duration            `json:"async"`
+}
+
+// CheckpointRecord is a completed checkpoint or savepoint as committed to
+// JetStream: committed is completed. It is persisted for as long as the
+// checkpoint is retained (savepoints: until deleted).
+type CheckpointRecord struct {
+	Header
+	Job            string              `json:"job"`
+	ID             uint64              `json:"id"`
+	Kind           CheckpointKind      `json:"kind"`
+	Format         statebackend.Format `json:"format"`
+	Location       string              `json:"location"`
+	Parallelism    int                 `json:"parallelism"`
+	MaxParallelism int                 `json:"max_parallelism"`
+	Triggered      time.Time           `json:"triggered"`
+	Completed      time.Time           `json:"completed"`
+	Size           int64               `json:"size"`
+	Uploaded       int64               `json:"uploaded"`
+	Tasks          []TaskCheckpoint    `json:"tasks"`
+}
+
+func (*CheckpointRecord) MsgType() Type { return TypeCheckpointRecord }
+
+func (m *CheckpointRecord) Validate() error {
+	if err := firstErr(ValidateName("job", m.Job), required(TypeCheckpointRecord, "location", m.Location)); err != nil {
+		return err
+	}
+	if m.ID == 0 || m.Kind == 0 || m.Parallelism < 1 || len(m.Tasks) != m.Parallelism {
+		return Errorf(CodeInvalidArgument, "checkpoint_record: id %d kind %s parallelism %d with %d tasks", m.ID, m.Kind, m.Parallelism, len(m.Tasks))
+	}
+	for _, t := range m.Tasks {
+		if err := t.Handle.Validate(m.MaxParallelism); err != nil {
+			return Errorf(CodeCorruptState, "checkpoint_record %s/%d task %d: %v", m.Job, m.ID, t.Task, err)
+		}
+	}
+	return nil
+}
+
+// CheckpointList lists a job's retained checkpoints or its savepoints.
+type CheckpointList struct {
+	Header
+	Checkpoints []CheckpointRecord `json:"checkpoints"`
+	Error       *Error             `json:"error,omitempty"`
+}
+
+func (*CheckpointList) MsgType() Type   { return TypeCheckpointList }
+func (*CheckpointList) Validate() error { return nil }
