@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"flotilla/coordinator/client"
+	"flotilla/internal/cli"
+	"flotilla/subjects"
+)
+
+// clientFlags parses a client command's flags and positional arguments and
+// connects to the user API.
+type clientCmd struct {
+	name string
+	fs   *flag.FlagSet
+	c    cli.Common
+	json bool
+}
+
+func newClientCmd(name string, stderr io.Writer) *clientCmd {
+	cc := &clientCmd{name: name, fs: flag.NewFlagSet("flotilla "+name, flag.ContinueOnError)}
+	cc.fs.SetOutput(stderr)
+	cc.c.Register(cc.fs, false)
+	cc.fs.BoolVar(&cc.json, "json", false, "print the raw JSON reply")
+	return cc
+}
+
+// parse parses args and checks the positional argument count.
+func (cc *clientCmd) parse(args []string, positional ...string) ([]string, error) {
+	if err := cc.fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if cc.fs.NArg() != len(positional) {
+		return nil, usageErr("flotilla %s %s", cc.name, strings.Join(positional, " "))
+	}
+	return cc.fs.Args(), nil
+}
+
+func (cc *clientCmd) client() (*client.Client, func(), error) {
+	ns, err := cc.c.Namespace()
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := cc.c.Connect("flotilla cli", false)
+	if err != nil {
+		return nil, nil, err
+	}
+	return client.New(nc, ns), nc.Close, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageErr("flotilla job submit|list|status|cancel ...")
+	}
+	sub, args := args[0], args[1:]
+	cc := newClientCmd("job "+sub, stderr)
+	switch sub {
+	case "submit":
+		parallelism := cc.fs.Int("parallelism", 0, "parallelism (overrides the spec's)")
+		from := cc.fs.String("from-savepoint", "", "savepoint or checkpoint location to restore from")
+		pos, err := cc.parse(args, "FILE")
+		if err != nil {
+			return err
+		}
+		data, err := os.ReadFile(pos[0])
+		if err != nil {
+			return err
+		}
+		spec, err := subjects.ParseJobSpec(data)
+		if err != nil {
+			return err
+		}
+		api, done, err := cc.client()
+		if err != nil {
+			return err
+		}
+		defer done()
+		info, err := api.Submit(ctx, spec, *parallelism, *from)
+		if err != nil {
+			return err
+		}
+		return printJob(stdout, info, cc.json)
+	case "list":
+		if _, err := cc.parse(args); err != nil {
+			return err
+		}
+		api, done, err := cc.client()
+		if err != nil {
+			return err
+		}
+		defer done()
+		jobs, err := api.Jobs(ctx)
+		if err != nil {
+			return err
+		}
+		if cc.json {
+			return printJSON(stdout, jobs)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "JOB\tSTATE\tTASKS\tRESTARTS\tCHECKPOINT")
+		for _, j := range jobs {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\n", j.Job, j.State, len(j.Tasks), j.Restarts, j.LatestCheckpoint)
+		}
+		return tw.Flush()
+	case "status", "cancel":
+		pos, err := cc.parse(args, "JOB")
+		if err != nil {
+			return err
+		}
+		api, done, err := cc.client()
+		if err != nil {
+			return err
+		}
+		defer done()
+		call := api.Status
+		if sub == "cancel" {
+			call = api.Cancel
+		}
+		info, err := call(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		return printJob(stdout, info, cc.json)
+	}
+	return usageErr("unknown job command %q (submit, list, status, cancel)", sub)
+}
+
+func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {
+	if asJSON {
+		return printJSON(w, info)
+	}
+	fmt.Fprintf(w, "job %s: %s (restarts %d, latest checkpoint %d)\n", info.Job, info.State, info.Restarts, info.LatestCheckpoint)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TASK\tKEY GROUPS\tWORKER\tATTEMPT\tSTATE")
+	for _, t := range info.Tasks {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\n", t.Task, t.Range, t.Worker, t.Attempt, t.State)
+	}
+	return tw.Flush()
+}
+
+func runWorkers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cc := newClientCmd("workers", stderr)
+	if _, err := cc.parse(args); err != nil {
+		return err
+	}
+	api, done, err := cc.client()
+	if err != nil {
+		return err
+	}
+	defer done()
+	ws, err := api.Workers(ctx)
+	if err != nil {
+		return err
+	}
+	if cc.json {
+		return printJSON(stdout, ws)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER\tINSTANCE\tHOST\tSLOTS\tFREE\tLAST HEARTBEAT")
+	for _, w := range ws {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s ago\n", w.Worker, w.Instance, w.Host, w.Slots, w.FreeSlots, time.Since(w.LastHeartbeat).Round(time.Millisecond))
+	}
+	return tw.Flush()
+}
+
+func runState(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "get" {
+		return usageErr("flotilla state get JOB KEY")
+	}
+	cc := newClientCmd("state get", stderr)
+	pos, err := cc.parse(args[1:], "JOB", "KEY")
+	if err != nil {
+		return err
+	}
+	api, done, err := cc.client()
+	if err != nil {
+		return err
+	}
+	defer done()
+	res, err := api.State(ctx, pos[0], pos[1])
+	if err != nil {
+		return err
+	}
+	if cc.json {
+		return printJSON(stdout, res)
+	}
+	if !res.Found {
+		return fmt.Errorf("%s: key %q has no state (key group %d, task %d)", pos[0], pos[1], res.Group, res.Task)
+	}
+	fmt.Fprintf(stdout, "%s\n", res.Value)
+	return nil
+}

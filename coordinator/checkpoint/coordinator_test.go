@@ -1,0 +1,184 @@
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/datadriven"
+
+	"flotilla/statebackend"
+	"flotilla/statebackend/keygroup"
+	"flotilla/subjects"
+)
+
+// TestScenarios runs the trace scenarios in testdata/. Commands:
+//
+//	new parallelism=2 [interval=10s] [timeout=1m] [tolerable=0] [retained=2] [retries=1] [highest=N]
+//	tick 10s [running]            advance the clock; "running" = every task runs (attempt 1)
+//	ack 3 task=0 [attempt=1] [files=a,b]
+//	decline 3 task=0
+//	metadata 3 [err]              the metadata write finished
+//	commit 3 [err]                the JetStream commit finished
+//	task-failed 0
+//	savepoint id=9 [stop] [format=native]
+//	restart                       a new coordinator from the retained records
+//	retained
+//
+// Rewrite with go test ./coordinator/checkpoint -rewrite.
+func TestScenarios(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		now := start
+		var c *Coordinator
+		var cfg Config
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			arg := func(k string) string {
+				for _, a := range d.CmdArgs {
+					if a.Key == k {
+						if len(a.Vals) > 0 {
+							return strings.Join(a.Vals, ",")
+						}
+						return "true"
+					}
+				}
+				return ""
+			}
+			num := func(k string) int {
+				var n int
+				fmt.Sscan(arg(k), &n)
+				return n
+			}
+			dur := func(k string, def time.Duration) subjects.Duration {
+				if v := arg(k); v != "" {
+					d, err := time.ParseDuration(v)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return subjects.Duration(d)
+				}
+				return subjects.Duration(def)
+			}
+			id := func() uint64 {
+				var n uint64
+				fmt.Sscan(d.CmdArgs[0].Key, &n)
+				return n
+			}
+			switch d.Cmd {
+			case "new":
+				retries, tolerable := num("retries"), num("tolerable")
+				cfg = Config{Job: "clicks", Epoch: 1, Parallelism: num("parallelism"), MaxParallelism: 8,
+					Spec: subjects.CheckpointSpec{Interval: dur("interval", 0), Timeout: dur("timeout", time.Minute),
+						MaxConcurrent: 1, TolerableFailures: &tolerable, Retained: max(num("retained"), 1), SavepointRetries: &retries}}
+				c = New(cfg, nil, uint64(num("highest")))
+				return "ok\n"
+			case "tick":
+				step, _ := time.ParseDuration(d.CmdArgs[0].Key)
+				now = now.Add(step)
+				var tasks []Task
+				if arg("running") != "" {
+					for i := 0; i < cfg.Parallelism; i++ {
+						tasks = append(tasks, Task{Task: i, Attempt: 1})
+					}
+				}
+				return fmt.Sprintf("t=%s\n", now.Sub(start)) + format(c.Tick(now, tasks))
+			case "ack":
+				task := num("task")
+				attempt := uint64(1)
+				if a := arg("attempt"); a != "" {
+					attempt = uint64(num("attempt"))
+				}
+				format_ := statebackend.FormatNative
+				if arg("canonical") != "" {
+					format_ = statebackend.FormatCanonical
+				}
+				manifest := fmt.Sprintf("clicks/chk-%d/task-%d/snapshot.json", id(), task)
+				files := []string{manifest}
+				if f := arg("files"); f != "" {
+					for _, x := range strings.Split(f, ",") {
+						files = append(files, "clicks/shared/"+x)
+					}
+				}
+				acts, ignored := c.Ack(&subjects.Ack{Worker: "w", Checkpoint: id(),
+					TaskRef: subjects.TaskRef{Job: "clicks", Task: task, Attempt: attempt},
+					Handle: statebackend.Handle{Version: 1, Format: format_, Manifest: manifest, Files: files, Size: 10, Uploaded: 5,
+						Range: keygroup.ForTask(task, cfg.Parallelism, 8)}}, now)
+				if ignored != "" {
+					return "ignored: " + ignored + "\n"
+				}
+				return format(acts)
+			case "decline":
+				return format(c.Decline(&subjects.Decline{Worker: "w", Checkpoint: id(),
+					TaskRef: subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: 1},
+					Reason:  subjects.Errorf(subjects.CodeStorageUnavailable, "s3 down")}, now))
+			case "metadata", "commit":
+				var err error
+				if arg("err") != "" {
+					err = errors.New("injected failure")
+				}
+				if d.Cmd == "metadata" {
+					return format(c.MetadataWritten(id(), err, now))
+				}
+				return format(c.Committed(id(), err, now))
+			case "task-failed":
+				return format(c.TaskFailed(int(id()), now))
+			case "savepoint":
+				f := statebackend.FormatCanonical
+				if arg("format") == "native" {
+					f = statebackend.FormatNative
+				}
+				c.TriggerSavepoint(SavepointRequest{ID: uint64(num("id")), Format: f, Stop: arg("stop") != ""}, now)
+				return "queued\n"
+			case "cancel":
+				return format(c.Cancel("job canceled", now))
+			case "restart":
+				c = New(cfg, c.Retained(), 0)
+				return fmt.Sprintf("next id %d\n", c.nextID)
+			case "retained":
+				var b strings.Builder
+				for _, r := range c.Retained() {
+					fmt.Fprintf(&b, "chk %d files=%v\n", r.ID, Files(r))
+				}
+				return b.String() + fmt.Sprintf("pending %v\n", c.Pending())
+			}
+			t.Fatalf("unknown command %q", d.Cmd)
+			return ""
+		})
+	})
+}
+
+func format(acts []Action) string {
+	if len(acts) == 0 {
+		return "(no actions)\n"
+	}
+	var b strings.Builder
+	for _, a := range acts {
+		switch a := a.(type) {
+		case SendBarrier:
+			fmt.Fprintf(&b, "barrier %s %d format=%s target=%s shared=%s\n", a.Barrier.Kind, a.Barrier.Checkpoint, a.Barrier.Format, a.Barrier.Target, a.Barrier.Shared)
+		case WriteMetadata:
+			fmt.Fprintf(&b, "write-metadata %s size=%d uploaded=%d tasks=%d\n", MetadataKey(a.Record.Location), a.Record.Size, a.Record.Uploaded, len(a.Record.Tasks))
+		case Commit:
+			fmt.Fprintf(&b, "commit %s %d\n", a.Record.Kind, a.Record.ID)
+		case NotifyComplete:
+			fmt.Fprintf(&b, "complete %s %d\n", a.Complete.Kind, a.Complete.Checkpoint)
+		case NotifyAbort:
+			fmt.Fprintf(&b, "abort %s %d: %s: %s\n", a.Kind, a.Abort.Checkpoint, a.Abort.Reason.Code, a.Abort.Reason.Message)
+		case SavepointDone:
+			if a.Result.Error != nil {
+				fmt.Fprintf(&b, "savepoint-done request=%d error %s: %s\n", a.Request, a.Result.Error.Code, a.Result.Error.Message)
+			} else {
+				fmt.Fprintf(&b, "savepoint-done request=%d id=%d location=%s stop=%v\n", a.Request, a.Result.Checkpoint, a.Result.Location, a.Stop)
+			}
+		case DeleteCheckpoint:
+			fmt.Fprintf(&b, "delete chk %d files=%v\n", a.Record.ID, a.Files)
+		case FailJob:
+			fmt.Fprintf(&b, "fail-job: %s\n", a.Reason.Message)
+		default:
+			fmt.Fprintf(&b, "%T\n", a)
+		}
+	}
+	return b.String()
+}

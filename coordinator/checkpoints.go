@@ -1,0 +1,308 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"flotilla/coordinator/checkpoint"
+	"flotilla/coordinator/jobmaster"
+	"flotilla/objectstore"
+	"flotilla/statebackend"
+	"flotilla/subjects"
+)
+
+// savepointWaiter is someone waiting for a savepoint's outcome: a trigger
+// request, an API call, or a stop/rescale in progress.
+type savepointWaiter struct {
+	reply   responder // nil: nobody to answer
+	rescale int       // > 0: resubmit at this parallelism once stopped
+}
+
+// doCC carries out checkpoint-coordinator actions of job.
+func (c *Coordinator) doCC(job string, acts []checkpoint.Action, now time.Time) {
+	e := c.jobs[job]
+	for _, a := range acts {
+		switch a := a.(type) {
+		case checkpoint.SendBarrier:
+			b := a.Barrier
+			c.log.Debug("barrier", "job", job, "checkpoint", b.Checkpoint, "kind", b.Kind.String())
+			c.publish(c.ns.Barrier(job), &b)
+		case checkpoint.WriteMetadata:
+			r := a.Record
+			go func() {
+				err := c.writeMetadata(r)
+				c.enqueue(func(now time.Time) {
+					if e := c.jobs[job]; e != nil && e.cc != nil {
+						c.doCC(job, e.cc.MetadataWritten(r.ID, err, now), now)
+					}
+				})
+			}()
+		case checkpoint.Commit:
+			r := a.Record
+			go func() {
+				if c.cfg.BeforeCommit != nil {
+					c.cfg.BeforeCommit(r)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+				err := c.ckpts.commit(ctx, r)
+				cancel()
+				c.enqueue(func(now time.Time) {
+					if e := c.jobs[job]; e != nil && e.cc != nil {
+						c.doCC(job, e.cc.Committed(r.ID, err, now), now)
+					}
+				})
+			}()
+		case checkpoint.NotifyComplete:
+			// The record is durable in JetStream: only now is it announced.
+			r := a.Record
+			done := a.Complete
+			c.publish(c.ns.Complete(job), &done)
+			var handles = handlesOf(r)
+			e.jm.CheckpointCompleted(r.ID, handles)
+			kind := subjects.EventCheckpointCompleted
+			if r.Kind == subjects.KindSavepoint {
+				kind = subjects.EventSavepointCompleted
+			}
+			c.log.Info(r.Kind.String()+" completed", "job", job, "id", r.ID, "location", r.Location,
+				"size", r.Size, "uploaded", r.Uploaded, "duration", r.Completed.Sub(r.Triggered))
+			c.event(subjects.Event{Kind: kind, Job: job, Checkpoint: r.ID, Location: c.locationOf(r.Location),
+				Message: fmt.Sprintf("%d bytes (%d uploaded) in %s", r.Size, r.Uploaded, r.Completed.Sub(r.Triggered).Round(time.Millisecond))}, job)
+		case checkpoint.NotifyAbort:
+			ab := a.Abort
+			c.publish(c.ns.Abort(job), &ab)
+			kind := subjects.EventCheckpointFailed
+			if a.Kind == subjects.KindSavepoint {
+				kind = subjects.EventSavepointFailed
+			}
+			c.log.Warn(a.Kind.String()+" aborted", "job", job, "id", ab.Checkpoint, "reason", ab.Reason)
+			c.event(subjects.Event{Kind: kind, Job: job, Checkpoint: ab.Checkpoint, Error: ab.Reason}, job)
+		case checkpoint.SavepointDone:
+			c.savepointDone(job, a, now)
+		case checkpoint.DeleteCheckpoint:
+			r, files := a.Record, a.Files
+			e.jm.CheckpointDeleted(r.ID)
+			go c.deleteCheckpoint(r, files)
+		case checkpoint.FailJob:
+			c.log.Error("failing job over", "job", job, "reason", a.Reason)
+			c.doJM(job, e.jm.FailAll(a.Reason, now), now)
+		default:
+			panic(fmt.Sprintf("coordinator: unknown checkpoint action %T", a))
+		}
+	}
+}
+
+func handlesOf(r subjects.CheckpointRecord) []statebackend.Handle {
+	out := make([]statebackend.Handle, 0, len(r.Tasks))
+	for _, t := range r.Tasks {
+		out = append(out, t.Handle)
+	}
+	return out
+}
+
+// restorePoints turns records into job-master restore points.
+func restorePoints(rs ...subjects.CheckpointRecord) []jobmaster.RestorePoint {
+	out := make([]jobmaster.RestorePoint, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, jobmaster.RestorePoint{ID: r.ID, Handles: handlesOf(r)})
+	}
+	return out
+}
+
+func (c *Coordinator) publish(subject string, m subjects.Message) {
+	if err := c.nc.Publish(subject, subjects.MustEncode(m)); err != nil {
+		c.log.Warn("publish", "subject", subject, "err", err)
+	}
+}
+
+// writeMetadata writes a checkpoint's _metadata object. It overwrites: a
+// metadata object left by a coordinator that crashed before committing the
+// same id belongs to nothing, since only the JetStream commit completes a
+// checkpoint.
+func (c *Coordinator) writeMetadata(r subjects.CheckpointRecord) error {
+	b, err := subjects.Encode(&r)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+	defer cancel()
+	return c.cfg.Store.Put(ctx, checkpoint.MetadataKey(r.Location), bytes.NewReader(b), int64(len(b)))
+}
+
+// deleteCheckpoint removes a subsumed checkpoint: its JetStream record
+// first (so nothing can restore from it any more), then its files. A crash
+// in between leaves only orphans, which the sweep removes.
+func (c *Coordinator) deleteCheckpoint(r subjects.CheckpointRecord, files []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := c.ckpts.remove(ctx, r); err != nil {
+		c.log.Warn("deleting checkpoint record", "job", r.Job, "id", r.ID, "err", err)
+		return
+	}
+	if err := c.cfg.Store.Delete(ctx, files...); err != nil {
+		c.log.Warn("deleting checkpoint files (the orphan sweep will retry)", "job", r.Job, "id", r.ID, "err", err)
+	}
+}
+
+func (c *Coordinator) savepointDone(job string, a checkpoint.SavepointDone, now time.Time) {
+	w, ok := c.waiters[a.Request]
+	delete(c.waiters, a.Request)
+	res := a.Result
+	if res.Error == nil {
+		res.Location = c.locationOf(res.Location)
+	}
+	if a.Stop && res.Error == nil {
+		// stop-with-savepoint: the job ends only now that the savepoint is
+		// committed.
+		e := c.jobs[job]
+		c.doCC(job, e.cc.Cancel("job stopped with a savepoint", now), now)
+		c.doJM(job, e.jm.Finish("stopped with savepoint "+res.Location, now), now)
+		if ok && w.rescale > 0 {
+			c.rescaleFrom(job, w, res, now)
+			return
+		}
+	}
+	if ok && w.reply != nil {
+		respond(w.reply, &res)
+	}
+}
+
+// locationOf returns the full location (store location + key) of key.
+func (c *Coordinator) locationOf(key string) string {
+	return strings.TrimSuffix(c.cfg.Store.Location(), "/") + "/" + key
+}
+
+// resolveLocation turns a user-given location into an object key prefix in
+// the configured store: a full location must lie inside the store, a bare
+// key is taken as relative to it. Anything else is CodeInvalidLocation.
+func (c *Coordinator) resolveLocation(loc string) (string, error) {
+	loc = strings.TrimSpace(loc)
+	root := strings.TrimSuffix(c.cfg.Store.Location(), "/")
+	key := loc
+	if strings.Contains(loc, "://") {
+		k, ok := strings.CutPrefix(loc, root+"/")
+		if !ok {
+			return "", subjects.Errorf(subjects.CodeInvalidLocation, "location %q is outside the configured object store %s", loc, root)
+		}
+		key = k
+	}
+	key = strings.TrimSuffix(strings.TrimSuffix(key, "/"+checkpoint.MetadataName), "/")
+	if err := objectstore.ValidateKey(key); err != nil {
+		return "", subjects.Errorf(subjects.CodeInvalidLocation, "location %q: %v", loc, err)
+	}
+	return key, nil
+}
+
+// readMetadata reads the record of the checkpoint or savepoint at key.
+func (c *Coordinator) readMetadata(ctx context.Context, key string) (subjects.CheckpointRecord, error) {
+	var r subjects.CheckpointRecord
+	rc, err := c.cfg.Store.Get(ctx, checkpoint.MetadataKey(key), 0, -1)
+	if err != nil {
+		return r, subjects.Errorf(subjects.CodeUnknownCheckpoint, "no checkpoint or savepoint at %s: %v", c.locationOf(key), err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, subjects.MaxMessageSize+1))
+	if err != nil {
+		return r, subjects.Errorf(subjects.CodeStorageUnavailable, "reading %s: %v", c.locationOf(checkpoint.MetadataKey(key)), err)
+	}
+	if err := subjects.Decode(b, &r); err != nil {
+		return r, subjects.Errorf(subjects.CodeCorruptState, "metadata %s is unreadable: %v", c.locationOf(checkpoint.MetadataKey(key)), err)
+	}
+	return r, nil
+}
+
+func (c *Coordinator) onAck(msg *nats.Msg) {
+	var a subjects.Ack
+	if err := subjects.Decode(msg.Data, &a); err != nil {
+		c.log.Warn("bad ack", "subject", msg.Subject, "err", err)
+		return
+	}
+	c.enqueue(func(now time.Time) {
+		e := c.jobs[a.Job]
+		if e == nil || e.cc == nil {
+			return
+		}
+		acts, ignored := e.cc.Ack(&a, now)
+		if ignored != "" {
+			c.log.Debug("ack ignored", "job", a.Job, "reason", ignored)
+		}
+		c.doCC(a.Job, acts, now)
+	})
+}
+
+func (c *Coordinator) onDecline(msg *nats.Msg) {
+	var d subjects.Decline
+	if err := subjects.Decode(msg.Data, &d); err != nil {
+		c.log.Warn("bad decline", "subject", msg.Subject, "err", err)
+		return
+	}
+	c.enqueue(func(now time.Time) {
+		if e := c.jobs[d.Job]; e != nil && e.cc != nil {
+			c.doCC(d.Job, e.cc.Decline(&d, now), now)
+		}
+	})
+}
+
+// onTriggerSavepoint handles `nats pub|req flotilla.trigger.savepoint.<job>`.
+func (c *Coordinator) onTriggerSavepoint(msg *nats.Msg) {
+	var r responder
+	if msg.Reply != "" {
+		r = msg
+	}
+	var t subjects.TriggerSavepoint
+	if err := subjects.Decode(msg.Data, &t); err != nil {
+		c.savepointError(r, "", err)
+		return
+	}
+	job := subjects.LastToken(msg.Subject)
+	if t.Job != "" && t.Job != job {
+		c.savepointError(r, job, subjects.Errorf(subjects.CodeInvalidArgument, "body names job %q on the trigger subject of %q", t.Job, job))
+		return
+	}
+	t.Job = job
+	c.triggerSavepoint(t, savepointWaiter{reply: r})
+}
+
+func (c *Coordinator) savepointError(r responder, job string, err error) {
+	c.log.Warn("savepoint refused", "job", job, "err", err)
+	if r != nil {
+		respond(r, &subjects.SavepointResult{Job: job, Error: subjects.AsError(err)})
+	}
+}
+
+// triggerSavepoint queues a savepoint of t.Job; w hears the outcome.
+func (c *Coordinator) triggerSavepoint(t subjects.TriggerSavepoint, w savepointWaiter) {
+	if err := subjects.ValidateName("job", t.Job); err != nil {
+		c.savepointError(w.reply, t.Job, err)
+		return
+	}
+	dir := ""
+	if t.Target != "" {
+		key, err := c.resolveLocation(t.Target)
+		if err != nil {
+			c.savepointError(w.reply, t.Job, err)
+			return
+		}
+		dir = key
+	}
+	c.enqueue(func(now time.Time) {
+		e := c.jobs[t.Job]
+		if e == nil {
+			c.savepointError(w.reply, t.Job, unknownJob(t.Job))
+			return
+		}
+		if e.jm.State().Terminal() {
+			c.savepointError(w.reply, t.Job, subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", t.Job, e.jm.State()))
+			return
+		}
+		c.requests++
+		c.waiters[c.requests] = w
+		e.cc.TriggerSavepoint(checkpoint.SavepointRequest{ID: c.requests, Format: t.Format, Dir: dir, Stop: t.Stop || w.rescale > 0}, now)
+		c.log.Info("savepoint requested", "job", t.Job, "format", t.Format.String(), "stop", t.Stop, "rescale", w.rescale)
+	})
+}

@@ -1,0 +1,182 @@
+// Package client is the Go client of flotilla's user API (the "flotilla"
+// micro service) and of the savepoint trigger subject. The CLI and the
+// tests use it; every error it returns for a refused request is a
+// *subjects.Error with its code.
+package client
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+
+	"flotilla/subjects"
+)
+
+// Client calls the user API over a NATS connection it does not own.
+type Client struct {
+	nc *nats.Conn
+	ns subjects.Namespace
+}
+
+// New returns a client of the fleet in namespace ns.
+func New(nc *nats.Conn, ns subjects.Namespace) *Client { return &Client{nc: nc, ns: ns} }
+
+// call requests subject with req and decodes the reply into resp. A reply
+// that is a bare Response with an error (e.g. from a decode failure on the
+// server) is returned as that error.
+func (c *Client) call(ctx context.Context, subject string, req, resp subjects.Message) error {
+	var b []byte // a nil req sends an empty body (the list endpoints)
+	if req != nil {
+		var err error
+		if b, err = subjects.Encode(req); err != nil {
+			return err
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30e9)
+		defer cancel()
+	}
+	msg, err := c.nc.RequestWithContext(ctx, subject, b)
+	if err != nil {
+		if err == nats.ErrNoResponders {
+			return subjects.Errorf(subjects.CodeUnavailable, "no coordinator answers on %s: is it running?", subject)
+		}
+		return subjects.Errorf(subjects.CodeTimeout, "%s: %v", subject, err)
+	}
+	if err := subjects.Decode(msg.Data, resp); err != nil {
+		var r subjects.Response
+		if subjects.Decode(msg.Data, &r) == nil && r.Error != nil {
+			return r.Error
+		}
+		return fmt.Errorf("client: reply on %s: %w", subject, err)
+	}
+	return nil
+}
+
+func errOf(e *subjects.Error) error {
+	if e == nil {
+		return nil
+	}
+	return e
+}
+
+// Submit submits a job. parallelism overrides the spec's when positive;
+// fromSavepoint names a savepoint or checkpoint location to restore from.
+func (c *Client) Submit(ctx context.Context, spec subjects.JobSpec, parallelism int, fromSavepoint string) (subjects.JobInfo, error) {
+	var info subjects.JobInfo
+	err := c.call(ctx, c.ns.API(subjects.APIJobSubmit), &subjects.SubmitJob{Spec: spec, Parallelism: parallelism, FromSavepoint: fromSavepoint}, &info)
+	if err == nil {
+		err = errOf(info.Error)
+	}
+	return info, err
+}
+
+// Jobs lists the jobs.
+func (c *Client) Jobs(ctx context.Context) ([]subjects.JobInfo, error) {
+	var list subjects.JobList
+	err := c.call(ctx, c.ns.API(subjects.APIJobList), nil, &list)
+	if err == nil {
+		err = errOf(list.Error)
+	}
+	return list.Jobs, err
+}
+
+// Status describes a job.
+func (c *Client) Status(ctx context.Context, job string) (subjects.JobInfo, error) {
+	return c.jobCall(ctx, subjects.APIJobStatus, job)
+}
+
+// Cancel cancels a job.
+func (c *Client) Cancel(ctx context.Context, job string) (subjects.JobInfo, error) {
+	return c.jobCall(ctx, subjects.APIJobCancel, job)
+}
+
+func (c *Client) jobCall(ctx context.Context, endpoint, job string) (subjects.JobInfo, error) {
+	var info subjects.JobInfo
+	err := c.call(ctx, c.ns.API(endpoint), &subjects.JobRequest{Job: job}, &info)
+	if err == nil {
+		err = errOf(info.Error)
+	}
+	return info, err
+}
+
+// Workers lists the registered workers.
+func (c *Client) Workers(ctx context.Context) ([]subjects.WorkerInfo, error) {
+	var list subjects.WorkerList
+	err := c.call(ctx, c.ns.API(subjects.APIWorkerList), nil, &list)
+	if err == nil {
+		err = errOf(list.Error)
+	}
+	return list.Workers, err
+}
+
+// State returns key's current value in job's state, from the task that
+// owns it.
+func (c *Client) State(ctx context.Context, job, key string) (subjects.StateResult, error) {
+	var res subjects.StateResult
+	err := c.call(ctx, c.ns.API(subjects.APIStateGet), &subjects.StateQuery{Job: job, Key: key}, &res)
+	if err == nil {
+		err = errOf(res.Error)
+	}
+	return res, err
+}
+
+func savepointErr(res subjects.SavepointResult, err error) (subjects.SavepointResult, error) {
+	if err == nil {
+		err = errOf(res.Error)
+	}
+	return res, err
+}
+
+// TriggerSavepoint takes a savepoint of job and waits for its outcome.
+// target (optional) is a location inside the coordinator's store; format
+// is statebackend.FormatCanonical (default, zero) or FormatNative.
+func (c *Client) TriggerSavepoint(ctx context.Context, t subjects.TriggerSavepoint) (subjects.SavepointResult, error) {
+	var res subjects.SavepointResult
+	return savepointErr(res, c.call(ctx, c.ns.API(subjects.APISavepoint), &t, &res))
+}
+
+// Stop takes a savepoint of job and then ends it; if the savepoint fails,
+// the job keeps running and the error is returned.
+func (c *Client) Stop(ctx context.Context, job string) (subjects.SavepointResult, error) {
+	var res subjects.SavepointResult
+	return savepointErr(res, c.call(ctx, c.ns.API(subjects.APIJobStop), &subjects.JobRequest{Job: job}, &res))
+}
+
+// Rescale stops job with a savepoint and resubmits it at parallelism p from
+// that savepoint.
+func (c *Client) Rescale(ctx context.Context, job string, p int) (subjects.SavepointResult, error) {
+	var res subjects.SavepointResult
+	return savepointErr(res, c.call(ctx, c.ns.API(subjects.APIJobRescale), &subjects.RescaleJob{Job: job, Parallelism: p}, &res))
+}
+
+// Checkpoints lists job's retained completed checkpoints with their
+// statistics, oldest first.
+func (c *Client) Checkpoints(ctx context.Context, job string) ([]subjects.CheckpointRecord, error) {
+	return c.list(ctx, subjects.APICheckpointList, job)
+}
+
+// Savepoints lists job's savepoints, oldest first.
+func (c *Client) Savepoints(ctx context.Context, job string) ([]subjects.CheckpointRecord, error) {
+	return c.list(ctx, subjects.APISavepointList, job)
+}
+
+func (c *Client) list(ctx context.Context, endpoint, job string) ([]subjects.CheckpointRecord, error) {
+	var list subjects.CheckpointList
+	err := c.call(ctx, c.ns.API(endpoint), &subjects.JobRequest{Job: job}, &list)
+	if err == nil {
+		err = errOf(list.Error)
+	}
+	return list.Checkpoints, err
+}
+
+// DeleteSavepoint deletes the savepoint at location.
+func (c *Client) DeleteSavepoint(ctx context.Context, location string) error {
+	var resp subjects.Response
+	if err := c.call(ctx, c.ns.API(subjects.APISavepointDelete), &subjects.SavepointDelete{Location: location}, &resp); err != nil {
+		return err
+	}
+	return resp.Err()
+}

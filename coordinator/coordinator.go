@@ -1,0 +1,438 @@
+// Package coordinator runs flotilla's coordinator: the resource manager,
+// one job master per job, and the user API, wired to NATS and JetStream.
+//
+// The protocol logic lives in pure state machines (coordinator/resource,
+// coordinator/jobmaster). This package is the thin adapter around them: one
+// goroutine (run) owns every state machine; NATS callbacks hand it closures
+// through the inbox, and it carries out the actions the machines return.
+// Requests that wait for an answer (slot requests, deployments) run on their
+// own goroutines and feed their outcome back through the inbox, so the loop
+// never blocks on the network.
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla/coordinator/checkpoint"
+	"flotilla/coordinator/jobmaster"
+	"flotilla/coordinator/resource"
+	"flotilla/objectstore"
+	"flotilla/subjects"
+)
+
+// Config configures a coordinator.
+type Config struct {
+	// Conn is the NATS connection; the coordinator does not close it.
+	Conn      *nats.Conn
+	Namespace subjects.Namespace
+	// Store holds checkpoints and savepoints.
+	Store  objectstore.Store
+	Logger *slog.Logger
+	// HeartbeatInterval and HeartbeatTimeout are handed to workers
+	// (defaults 2 s and 10 s).
+	HeartbeatInterval time.Duration
+	HeartbeatTimeout  time.Duration
+	// TickInterval is how often timers are evaluated (default 100 ms).
+	TickInterval time.Duration
+	// RequestTimeout bounds each request to a worker (default 5 s).
+	RequestTimeout time.Duration
+	// Now is the clock; tests may replace it. Default time.Now.
+	Now func() time.Time
+	// OrphanGrace is how old an unreferenced object under a job's prefix
+	// must be before the orphan sweep deletes it (default 1 h): long enough
+	// for any upload in flight to be acked or aborted.
+	OrphanGrace time.Duration
+	// OrphanSweepInterval is how often the sweep runs (default 10 min).
+	OrphanSweepInterval time.Duration
+
+	// BeforeCommit, if set, is called before each checkpoint record is
+	// committed to JetStream. It exists for fault-injection tests (e.g. to
+	// stop the coordinator between "all acked" and "committed").
+	BeforeCommit func(subjects.CheckpointRecord)
+}
+
+// Coordinator is a running coordinator. Create it with New, then Run.
+type Coordinator struct {
+	cfg   Config
+	ns    subjects.Namespace
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	log   *slog.Logger
+	meta  *meta
+	epoch uint64
+	rm    *resource.Manager
+	ckpts *ckptStore
+	jobs  map[string]*jobEntry
+	inbox chan func(now time.Time)
+	ready chan struct{}
+
+	requests  uint64 // savepoint request ids
+	waiters   map[uint64]savepointWaiter
+	lastSweep time.Time // of the periodic orphan sweep
+}
+
+type jobEntry struct {
+	jm  *jobmaster.Master
+	cc  *checkpoint.Coordinator
+	rec jobRecord
+	// from is the savepoint or checkpoint the run was submitted with: its
+	// files stay referenced for the run's lifetime.
+	from *subjects.CheckpointRecord
+}
+
+// New checks cfg and returns a coordinator that is not yet running.
+func New(cfg Config) (*Coordinator, error) {
+	if cfg.Conn == nil || cfg.Store == nil {
+		return nil, errors.New("coordinator: Conn and Store are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.TickInterval <= 0 {
+		cfg.TickInterval = 100 * time.Millisecond
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.OrphanGrace <= 0 {
+		cfg.OrphanGrace = time.Hour
+	}
+	if cfg.OrphanSweepInterval <= 0 {
+		cfg.OrphanSweepInterval = 10 * time.Minute
+	}
+	js, err := jetstream.New(cfg.Conn)
+	if err != nil {
+		return nil, err
+	}
+	return &Coordinator{cfg: cfg, ns: cfg.Namespace, nc: cfg.Conn, js: js, log: cfg.Logger.With("component", "coordinator"),
+		jobs: map[string]*jobEntry{}, inbox: make(chan func(time.Time), 1024), ready: make(chan struct{}),
+		waiters: map[uint64]savepointWaiter{}}, nil
+}
+
+// Ready is closed once the coordinator answers on all its subjects.
+func (c *Coordinator) Ready() <-chan struct{} { return c.ready }
+
+// Epoch returns the coordinator's epoch; valid after Ready.
+func (c *Coordinator) Epoch() uint64 { return c.epoch }
+
+// Run starts the coordinator and blocks until ctx is done. It retries its
+// JetStream setup until the server answers, so start order does not matter.
+func (c *Coordinator) Run(ctx context.Context) error {
+	if err := c.setup(ctx); err != nil {
+		return err
+	}
+	subs, svc, err := c.subscribe()
+	defer func() {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
+		if svc != nil {
+			_ = svc.Stop()
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	c.log.Info("coordinator running", "epoch", c.epoch, "prefix", c.ns.Prefix(), "store", c.cfg.Store.Location())
+	close(c.ready)
+	return c.run(ctx)
+}
+
+func (c *Coordinator) setup(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := c.trySetup(ctx)
+		if err == nil {
+			return nil
+		}
+		c.log.Warn("waiting for JetStream", "err", err, "retry", backoff)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (c *Coordinator) trySetup(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := openMeta(ctx, c.js, c.ns)
+	if err != nil {
+		return err
+	}
+	if _, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: bucketName(c.ns, "EVENTS"), Subjects: []string{c.ns.EventsAll()},
+		Storage: jetstream.FileStorage, MaxAge: 7 * 24 * time.Hour, MaxMsgs: 1_000_000,
+	}); err != nil {
+		return fmt.Errorf("coordinator: events stream: %w", err)
+	}
+	ckpts, err := openCkptStore(ctx, c.js, c.ns)
+	if err != nil {
+		return err
+	}
+	epoch, err := m.nextEpoch(ctx)
+	if err != nil {
+		return err
+	}
+	recs, err := m.loadJobs(ctx)
+	if err != nil {
+		return err
+	}
+	c.meta, c.ckpts, c.epoch = m, ckpts, epoch
+	c.rm = resource.New(resource.Config{Epoch: epoch, HeartbeatInterval: c.cfg.HeartbeatInterval, HeartbeatTimeout: c.cfg.HeartbeatTimeout})
+	for _, r := range recs {
+		if r.State.Terminal() {
+			continue
+		}
+		cps, err := c.loadCheckpoints(ctx, r)
+		if err != nil {
+			return err
+		}
+		c.log.Info("resuming job", "job", r.Spec.Name, "restore_points", len(cps.restore), "latest", cps.latest)
+		c.startJob(r, cps, c.cfg.Now())
+	}
+	return nil
+}
+
+// runCheckpoints is what a job run restores from.
+type runCheckpoints struct {
+	latest   uint64                      // highest committed id of the job name, any run
+	retained []subjects.CheckpointRecord // this run's retained checkpoints
+	restore  []jobmaster.RestorePoint    // this run's checkpoints and savepoints, and its initial savepoint
+	from     *subjects.CheckpointRecord  // the initial savepoint, if any
+}
+
+// loadCheckpoints reads what run r of a job may restore from: its own
+// checkpoints and savepoints (ids from r.FirstID on), and the savepoint it
+// was submitted with, so that a resubmitted job never restores another
+// run's state.
+func (c *Coordinator) loadCheckpoints(ctx context.Context, r jobRecord) (runCheckpoints, error) {
+	var out runCheckpoints
+	jc, warnings, err := c.ckpts.load(ctx, r.Spec.Name)
+	if err != nil {
+		return out, err
+	}
+	for _, w := range warnings {
+		c.log.Warn("checkpoint store", "job", r.Spec.Name, "warning", w)
+	}
+	out.latest = max(jc.latest, r.FirstID-1)
+	var points []subjects.CheckpointRecord
+	for _, cp := range jc.checkpoints {
+		if cp.ID >= r.FirstID {
+			out.retained = append(out.retained, cp)
+			points = append(points, cp)
+		}
+	}
+	for _, sp := range jc.savepoints {
+		if sp.ID >= r.FirstID {
+			points = append(points, sp)
+		}
+	}
+	if r.FromSavepoint != "" {
+		sp, err := c.readMetadata(ctx, r.FromSavepoint)
+		if err != nil {
+			c.log.Error("the savepoint the job was submitted with is unreadable", "job", r.Spec.Name, "location", r.FromSavepoint, "err", err)
+		} else {
+			points = append(points, sp)
+			out.from = &sp
+		}
+	}
+	out.restore = restorePoints(points...)
+	return out, nil
+}
+
+func (c *Coordinator) run(ctx context.Context) error {
+	t := time.NewTicker(c.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case f := <-c.inbox:
+			f(c.cfg.Now())
+		case <-t.C:
+			now := c.cfg.Now()
+			c.doRM(c.rm.Tick(now), now)
+			for _, name := range sortedKeys(c.jobs) {
+				e := c.jobs[name]
+				c.doJM(name, e.jm.Tick(now), now)
+				if e.cc != nil && !e.jm.State().Terminal() {
+					c.doCC(name, e.cc.Tick(now, checkpointTasks(e.jm.RunningAttempts())), now)
+				}
+			}
+			if now.Sub(c.lastSweep) >= c.cfg.OrphanSweepInterval {
+				c.lastSweep = now
+				c.sweepOrphans(now, c.cfg.OrphanGrace, nil)
+			}
+		}
+	}
+}
+
+// enqueue hands f to the loop. It blocks while the inbox is full, which
+// slows NATS callbacks down rather than dropping their messages.
+func (c *Coordinator) enqueue(f func(now time.Time)) { c.inbox <- f }
+
+func (c *Coordinator) startJob(r jobRecord, cps runCheckpoints, now time.Time) {
+	r.State = subjects.JobCreated
+	jm := jobmaster.New(c.epoch, r.Spec, cps.restore)
+	cc := checkpoint.New(checkpoint.Config{Job: r.Spec.Name, Epoch: c.epoch, Spec: r.Spec.Checkpoint,
+		Parallelism: r.Spec.Parallelism, MaxParallelism: r.Spec.MaxParallelism}, cps.retained, cps.latest)
+	c.jobs[r.Spec.Name] = &jobEntry{jm: jm, cc: cc, rec: r, from: cps.from}
+	c.doJM(r.Spec.Name, jm.Start(now), now)
+}
+
+func checkpointTasks(attempts []uint64) []checkpoint.Task {
+	if attempts == nil {
+		return nil
+	}
+	out := make([]checkpoint.Task, len(attempts))
+	for i, a := range attempts {
+		out[i] = checkpoint.Task{Task: i, Attempt: a}
+	}
+	return out
+}
+
+// doRM carries out resource-manager actions.
+func (c *Coordinator) doRM(acts []resource.Action, now time.Time) {
+	for _, a := range acts {
+		switch a := a.(type) {
+		case resource.SendSlotRequest:
+			req := a.Req
+			go func() {
+				var resp subjects.SlotResponse
+				err := c.request(c.ns.SlotRequest(req.Worker), &req, &resp)
+				c.enqueue(func(now time.Time) {
+					if err != nil {
+						c.log.Warn("slot request failed", "worker", req.Worker, "job", req.Job, "err", err)
+						c.doRM(c.rm.SlotRequestFailed(req.Allocation, now), now)
+						return
+					}
+					c.rm.SlotRequestAnswered(req.Allocation, resp.Slot)
+				})
+			}()
+		case resource.WorkerJoined:
+			c.log.Info("worker joined", "worker", a.Info.Worker, "instance", a.Info.Instance, "slots", a.Info.Slots)
+			c.event(subjects.Event{Kind: subjects.EventWorkerJoined, Worker: a.Info.Worker, Message: fmt.Sprintf("%d slots", a.Info.Slots)}, a.Info.Worker)
+		case resource.WorkerLost:
+			c.log.Warn("worker lost", "worker", a.Worker, "instance", a.Instance, "reason", a.Reason)
+			c.event(subjects.Event{Kind: subjects.EventWorkerLost, Worker: a.Worker, Message: a.Reason}, a.Worker)
+			byJob := map[string][]string{}
+			for _, al := range a.Allocations {
+				byJob[al.Job] = append(byJob[al.Job], al.ID)
+			}
+			for job, ids := range byJob {
+				if e := c.jobs[job]; e != nil {
+					c.doJM(job, e.jm.WorkerLost(a.Worker, ids, now), now)
+				}
+			}
+		default:
+			panic(fmt.Sprintf("coordinator: unknown resource action %T", a))
+		}
+	}
+}
+
+// doJM carries out job-master actions of job.
+func (c *Coordinator) doJM(job string, acts []jobmaster.Action, now time.Time) {
+	for _, a := range acts {
+		switch a := a.(type) {
+		case jobmaster.Demand:
+			c.doRM(c.rm.SetDemand(job, a.Slots, a.Operator, now), now)
+		case jobmaster.Deploy:
+			req := a.Req
+			c.log.Info("deploying task", "job", job, "task", req.Task, "attempt", req.Attempt, "worker", req.Worker, "range", req.Range.String(), "restore", req.RestoredFrom)
+			go func() {
+				var resp subjects.Response
+				err := c.request(c.ns.Deploy(req.Worker), &req, &resp)
+				if err == nil {
+					err = resp.Err()
+				}
+				if err == nil {
+					return
+				}
+				c.enqueue(func(now time.Time) {
+					if e := c.jobs[job]; e != nil {
+						c.doJM(job, e.jm.DeployFailed(req.TaskRef, subjects.AsError(err), now), now)
+					}
+				})
+			}()
+		case jobmaster.Cancel:
+			req := a.Req
+			go func() {
+				var resp subjects.Response
+				if err := c.request(c.ns.Cancel(req.Worker), &req, &resp); err != nil {
+					c.log.Debug("cancel not confirmed", "job", job, "task", req.Task, "worker", req.Worker, "err", err)
+				}
+			}()
+		case jobmaster.ReleaseSlot:
+			c.doRM(c.rm.Release(a.Allocation, now), now)
+		case jobmaster.StateChanged:
+			c.log.Info("job state", "job", job, "state", a.State.String(), "reason", a.Reason)
+			e := c.jobs[job]
+			e.rec.State = a.State
+			rec := e.rec
+			c.persist(rec)
+			c.event(subjects.Event{Kind: subjects.EventJobStateChanged, Job: job, State: a.State, Message: a.Reason}, job)
+		case jobmaster.RestoreFallback:
+			c.log.Warn("restore point unreadable, falling back to the previous one", "job", job, "task", a.Task, "checkpoint", a.Bad, "err", a.Err)
+			c.event(subjects.Event{Kind: subjects.EventTaskFailed, Job: job, Checkpoint: a.Bad, Error: a.Err,
+				Message: fmt.Sprintf("task %d cannot restore checkpoint %d; falling back to the previous one", a.Task, a.Bad)}, job)
+		case jobmaster.JobFailed:
+			c.log.Error("job failed", "job", job, "err", a.Err)
+			if e := c.jobs[job]; e != nil {
+				c.doCC(job, e.cc.Cancel("job failed", now), now)
+			}
+		case jobmaster.TaskFailed:
+			if e := c.jobs[job]; e != nil {
+				c.doCC(job, e.cc.TaskFailed(a.Task.Task, now), now)
+			}
+			c.log.Warn("task failed", "job", job, "task", a.Task.Task, "attempt", a.Task.Attempt, "worker", a.Worker, "err", a.Err, "restart_in", a.Delay)
+			c.event(subjects.Event{Kind: subjects.EventTaskFailed, Job: job, Worker: a.Worker, Error: a.Err,
+				Message: fmt.Sprintf("task %d restarts in %s", a.Task.Task, a.Delay)}, job)
+		default:
+			panic(fmt.Sprintf("coordinator: unknown job master action %T", a))
+		}
+	}
+}
+
+// persist writes a job record; job state is advisory for restarts, so a
+// failed write is logged, not fatal.
+func (c *Coordinator) persist(rec jobRecord) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+	defer cancel()
+	if err := c.meta.putJob(ctx, rec); err != nil {
+		c.log.Error("persisting job", "job", rec.Spec.Name, "err", err)
+	}
+}
+
+// event publishes an event; events are best-effort notifications.
+func (c *Coordinator) event(ev subjects.Event, about string) {
+	ev.Time = c.cfg.Now().UTC()
+	if err := c.nc.Publish(c.ns.Events(ev.Kind, about), subjects.MustEncode(&ev)); err != nil {
+		c.log.Debug("publishing event", "err", err)
+	}
+}
+
+// request sends req on subject and decodes the answer into resp.
+func (c *Coordinator) request(subject string, req, resp subjects.Message) error {
+	b, err := subjects.Encode(req)
+	if err != nil {
+		return err
+	}
+	msg, err := c.nc.Request(subject, b, c.cfg.RequestTimeout)
+	if err != nil {
+		return subjects.Errorf(subjects.CodeTimeout, "%s: %v", subject, err)
+	}
+	return subjects.Decode(msg.Data, resp)
+}

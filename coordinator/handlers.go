@@ -1,0 +1,523 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+
+	"flotilla/coordinator/jobmaster"
+	"flotilla/statebackend/keygroup"
+	"flotilla/subjects"
+)
+
+// Version is reported by the user API service.
+const Version = "0.1.0"
+
+// respond encodes m as the reply to msg; a message that fails to encode is
+// a bug, answered with CodeInternal rather than silence.
+func respond(msg responder, m subjects.Message) {
+	b, err := subjects.Encode(m)
+	if err != nil {
+		b = subjects.MustEncode(&subjects.Response{Error: subjects.AsError(err)})
+	}
+	_ = msg.Respond(b)
+}
+
+// responder is a *nats.Msg or a micro.Request.
+type responder interface{ Respond([]byte) error }
+
+// microResponder adapts a micro.Request to responder.
+type microResponder struct{ micro.Request }
+
+func (r microResponder) Respond(b []byte) error { return r.Request.Respond(b) }
+
+// subscribe installs the control-plane subscriptions and the user API.
+func (c *Coordinator) subscribe() ([]*nats.Subscription, micro.Service, error) {
+	var subs []*nats.Subscription
+	sub := func(subject string, h nats.MsgHandler) error {
+		s, err := c.nc.Subscribe(subject, h)
+		if err == nil {
+			subs = append(subs, s)
+		}
+		return err
+	}
+	err := firstError(
+		sub(c.ns.Register(), c.onRegister),
+		sub(c.ns.HeartbeatAll(), c.onHeartbeat),
+		sub(c.ns.JobWildcard("offer"), c.onOffer),
+		sub(c.ns.JobWildcard("status"), c.onStatus),
+		sub(c.ns.JobWildcard("ack"), c.onAck),
+		sub(c.ns.JobWildcard("decline"), c.onDecline),
+		sub(c.ns.TriggerSavepointAll(), c.onTriggerSavepoint),
+	)
+	if err != nil {
+		return subs, nil, fmt.Errorf("coordinator: subscribe: %w", err)
+	}
+	svc, err := c.addService()
+	if err != nil {
+		return subs, nil, err
+	}
+	return subs, svc, c.nc.Flush()
+}
+
+func firstError(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+func (c *Coordinator) onRegister(msg *nats.Msg) {
+	var req subjects.RegisterRequest
+	if err := subjects.Decode(msg.Data, &req); err != nil {
+		respond(msg, &subjects.RegisterResponse{Error: subjects.AsError(err)})
+		return
+	}
+	c.enqueue(func(now time.Time) {
+		resp, acts := c.rm.Register(&req, now)
+		respond(msg, &resp)
+		c.doRM(acts, now)
+	})
+}
+
+func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
+	var hb subjects.Heartbeat
+	if err := subjects.Decode(msg.Data, &hb); err != nil {
+		respond(msg, &subjects.HeartbeatResponse{Error: subjects.AsError(err)})
+		return
+	}
+	c.enqueue(func(now time.Time) {
+		resp, acts := c.rm.Heartbeat(&hb, now)
+		respond(msg, &resp)
+		c.doRM(acts, now)
+	})
+}
+
+func (c *Coordinator) onOffer(msg *nats.Msg) {
+	var o subjects.SlotOffer
+	if err := subjects.Decode(msg.Data, &o); err != nil {
+		respond(msg, &subjects.OfferResponse{Error: subjects.AsError(err)})
+		return
+	}
+	c.enqueue(func(now time.Time) {
+		if o.Epoch != c.epoch {
+			respond(msg, &subjects.OfferResponse{Error: subjects.Errorf(subjects.CodeStaleEpoch, "offer for epoch %d, coordinator epoch is %d", o.Epoch, c.epoch)})
+			return
+		}
+		// Only allocations the resource manager requested for this job on
+		// this worker may enter the job's pool.
+		var valid []subjects.OfferedSlot
+		for _, s := range o.Slots {
+			if a, ok := c.rm.Allocation(s.Allocation); ok && a.Job == o.Job && a.Worker == o.Worker {
+				c.rm.SlotRequestAnswered(s.Allocation, s.Slot)
+				valid = append(valid, s)
+			}
+		}
+		e := c.jobs[o.Job]
+		var accepted []string
+		if e != nil {
+			var acts []jobmaster.Action
+			accepted, acts = e.jm.Offer(o.Worker, valid, now)
+			c.doJM(o.Job, acts, now)
+		}
+		respond(msg, &subjects.OfferResponse{Accepted: accepted})
+		taken := map[string]bool{}
+		for _, a := range accepted {
+			taken[a] = true
+		}
+		for _, s := range valid {
+			if !taken[s.Allocation] {
+				c.doRM(c.rm.Release(s.Allocation, now), now)
+			}
+		}
+	})
+}
+
+func (c *Coordinator) onStatus(msg *nats.Msg) {
+	var st subjects.TaskStatus
+	if err := subjects.Decode(msg.Data, &st); err != nil {
+		c.log.Warn("bad task status", "subject", msg.Subject, "err", err)
+		return
+	}
+	c.enqueue(func(now time.Time) {
+		if e := c.jobs[st.Job]; e != nil {
+			c.doJM(st.Job, e.jm.TaskStatus(&st, now), now)
+		}
+	})
+}
+
+// call runs f on the loop and waits for its result.
+func call[T any](c *Coordinator, f func(now time.Time) T) T {
+	ch := make(chan T, 1)
+	c.enqueue(func(now time.Time) { ch <- f(now) })
+	return <-ch
+}
+
+func (c *Coordinator) addService() (micro.Service, error) {
+	svc, err := micro.AddService(c.nc, micro.Config{
+		Name: subjects.ServiceName, Version: Version,
+		Description: "flotilla user API: jobs, workers, savepoints, checkpoints, state",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: user API: %w", err)
+	}
+	g := svc.AddGroup(c.ns.APIGroup())
+	add := func(endpoint string, h micro.HandlerFunc) error {
+		return g.AddEndpoint(strings.ReplaceAll(endpoint, ".", "_"), h, micro.WithEndpointSubject(endpoint))
+	}
+	err = firstError(
+		add(subjects.APIJobSubmit, c.apiSubmit),
+		add(subjects.APIJobList, c.apiJobList),
+		add(subjects.APIJobStatus, c.apiJobStatus),
+		add(subjects.APIJobCancel, c.apiJobCancel),
+		add(subjects.APIWorkerList, c.apiWorkerList),
+		add(subjects.APIStateGet, c.apiStateGet),
+		add(subjects.APIJobStop, c.apiJobStop),
+		add(subjects.APIJobRescale, c.apiJobRescale),
+		add(subjects.APISavepoint, c.apiSavepoint),
+		add(subjects.APISavepointList, c.apiSavepointList),
+		add(subjects.APISavepointDelete, c.apiSavepointDelete),
+		add(subjects.APICheckpointList, c.apiCheckpointList),
+	)
+	if err != nil {
+		_ = svc.Stop()
+		return nil, fmt.Errorf("coordinator: user API: %w", err)
+	}
+	return svc, nil
+}
+
+func (c *Coordinator) apiSubmit(r micro.Request) {
+	var req subjects.SubmitJob
+	if err := subjects.Decode(r.Data(), &req); err != nil {
+		respond(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
+		return
+	}
+	info, err := c.submit(req.Spec, req.FromSavepoint)
+	if err != nil {
+		info = subjects.JobInfo{Job: req.Spec.Name, Error: subjects.AsError(err)}
+	}
+	respond(microResponder{r}, &info)
+}
+
+// submit starts a new run of a job, from a savepoint or checkpoint location
+// if from is set. It runs off the loop: it reads JetStream and the store.
+func (c *Coordinator) submit(spec subjects.JobSpec, from string) (subjects.JobInfo, error) {
+	if err := c.checkOperator(spec); err != nil {
+		return subjects.JobInfo{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*c.cfg.RequestTimeout)
+	defer cancel()
+	var restore []jobmaster.RestorePoint
+	var fromKey string
+	var fromRec *subjects.CheckpointRecord
+	if from != "" {
+		key, err := c.resolveLocation(from)
+		if err != nil {
+			return subjects.JobInfo{}, err
+		}
+		sp, err := c.readMetadata(ctx, key)
+		if err != nil {
+			return subjects.JobInfo{}, err
+		}
+		if sp.MaxParallelism != spec.MaxParallelism {
+			return subjects.JobInfo{}, subjects.Errorf(subjects.CodeInvalidArgument,
+				"%s was taken with max_parallelism %d; a job restoring it must keep it (spec has %d)", from, sp.MaxParallelism, spec.MaxParallelism)
+		}
+		fromKey, restore, fromRec = key, restorePoints(sp), &sp
+	}
+	if err := c.ensureStream(spec); err != nil {
+		return subjects.JobInfo{}, err
+	}
+	jc, _, err := c.ckpts.load(ctx, spec.Name)
+	if err != nil {
+		return subjects.JobInfo{}, subjects.Errorf(subjects.CodeStorageUnavailable, "reading checkpoints of %q: %v", spec.Name, err)
+	}
+	info := call(c, func(now time.Time) subjects.JobInfo {
+		if e := c.jobs[spec.Name]; e != nil && !e.jm.State().Terminal() {
+			return subjects.JobInfo{Error: subjects.Errorf(subjects.CodeJobExists, "job %q is %s; cancel or stop it first", spec.Name, e.jm.State())}
+		}
+		rec := jobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: jc.latest + 1}
+		c.persist(rec)
+		c.event(subjects.Event{Kind: subjects.EventJobSubmitted, Job: spec.Name, Location: from}, spec.Name)
+		c.startJob(rec, runCheckpoints{latest: jc.latest, restore: restore, from: fromRec}, now)
+		return c.jobs[spec.Name].jm.Info()
+	})
+	if info.Error == nil {
+		// Records of the job's earlier runs are never restored by this run:
+		// forget them (their files are reclaimed by the orphan sweep), but
+		// keep the one this run restores from.
+		for _, old := range jc.checkpoints {
+			if old.Location != fromKey {
+				_ = c.ckpts.remove(ctx, old)
+			}
+		}
+	}
+	return info, nil
+}
+
+// checkOperator rejects a job whose operator no registered worker has and
+// that is not built in.
+func (c *Coordinator) checkOperator(spec subjects.JobSpec) error {
+	for _, op := range subjects.BuiltinOperators {
+		if op == spec.Operator.Type {
+			return nil
+		}
+	}
+	known := call(c, func(time.Time) bool { return c.rm.HasOperator(spec.Operator.Type) })
+	if !known {
+		return subjects.Errorf(subjects.CodeUnknownOperator, "operator %q is not built in and no registered worker has it (built in: %s)",
+			spec.Operator.Type, strings.Join(subjects.BuiltinOperators, ", "))
+	}
+	return nil
+}
+
+func (c *Coordinator) jobRequest(r micro.Request) (subjects.JobRequest, bool) {
+	var req subjects.JobRequest
+	if err := subjects.Decode(r.Data(), &req); err != nil {
+		respond(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
+		return req, false
+	}
+	return req, true
+}
+
+func unknownJob(job string) *subjects.Error {
+	return subjects.Errorf(subjects.CodeUnknownJob, "no job named %q", job)
+}
+
+func (c *Coordinator) apiJobStatus(r micro.Request) {
+	req, ok := c.jobRequest(r)
+	if !ok {
+		return
+	}
+	info := call(c, func(time.Time) subjects.JobInfo {
+		if e := c.jobs[req.Job]; e != nil {
+			return e.jm.Info()
+		}
+		return subjects.JobInfo{Error: unknownJob(req.Job)}
+	})
+	respond(microResponder{r}, &info)
+}
+
+func (c *Coordinator) apiJobCancel(r micro.Request) {
+	req, ok := c.jobRequest(r)
+	if !ok {
+		return
+	}
+	info := call(c, func(now time.Time) subjects.JobInfo {
+		e := c.jobs[req.Job]
+		if e == nil {
+			return subjects.JobInfo{Error: unknownJob(req.Job)}
+		}
+		c.doCC(req.Job, e.cc.Cancel("job canceled", now), now)
+		c.doJM(req.Job, e.jm.Cancel("canceled by user", now), now)
+		return e.jm.Info()
+	})
+	respond(microResponder{r}, &info)
+}
+
+func (c *Coordinator) apiJobList(r micro.Request) {
+	list := call(c, func(time.Time) subjects.JobList {
+		out := subjects.JobList{Jobs: []subjects.JobInfo{}}
+		for _, name := range sortedKeys(c.jobs) {
+			info := c.jobs[name].jm.Info()
+			info.Spec = nil
+			out.Jobs = append(out.Jobs, info)
+		}
+		return out
+	})
+	respond(microResponder{r}, &list)
+}
+
+func (c *Coordinator) apiWorkerList(r micro.Request) {
+	list := call(c, func(time.Time) subjects.WorkerList {
+		return subjects.WorkerList{Workers: append([]subjects.WorkerInfo{}, c.rm.Workers()...)}
+	})
+	respond(microResponder{r}, &list)
+}
+
+func (c *Coordinator) apiStateGet(r micro.Request) {
+	var q subjects.StateQuery
+	if err := subjects.Decode(r.Data(), &q); err != nil {
+		respond(microResponder{r}, &subjects.StateResult{Error: subjects.AsError(err)})
+		return
+	}
+	if err := subjects.ValidateName("job", q.Job); err != nil {
+		respond(microResponder{r}, &subjects.StateResult{Error: subjects.AsError(err)})
+		return
+	}
+	type lookup struct {
+		m   int
+		err *subjects.Error
+	}
+	l := call(c, func(time.Time) lookup {
+		e := c.jobs[q.Job]
+		if e == nil {
+			return lookup{err: unknownJob(q.Job)}
+		}
+		if e.jm.State() != subjects.JobRunning {
+			return lookup{err: subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", q.Job, e.jm.State())}
+		}
+		return lookup{m: e.jm.Spec().MaxParallelism}
+	})
+	if l.err != nil {
+		respond(microResponder{r}, &subjects.StateResult{Job: q.Job, Key: q.Key, Error: l.err})
+		return
+	}
+	g := keygroup.Of([]byte(q.Key), l.m)
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+	defer cancel()
+	msg, err := c.nc.RequestWithContext(ctx, c.ns.StateQuery(q.Job, g), subjects.MustEncode(&q))
+	if err != nil {
+		respond(microResponder{r}, &subjects.StateResult{Job: q.Job, Key: q.Key, Group: g,
+			Error: subjects.Errorf(subjects.CodeUnavailable, "the task owning key group %d of %q did not answer (restarting?): %v", g, q.Job, err)})
+		return
+	}
+	_ = r.Respond(msg.Data)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (c *Coordinator) apiJobStop(r micro.Request) {
+	req, ok := c.jobRequest(r)
+	if !ok {
+		return
+	}
+	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job, Stop: true}, savepointWaiter{reply: microResponder{r}})
+}
+
+func (c *Coordinator) apiJobRescale(r micro.Request) {
+	var req subjects.RescaleJob
+	if err := subjects.Decode(r.Data(), &req); err != nil {
+		respond(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
+		return
+	}
+	maxP := call(c, func(time.Time) int {
+		if e := c.jobs[req.Job]; e != nil {
+			return e.jm.Spec().MaxParallelism
+		}
+		return 0
+	})
+	if maxP > 0 && req.Parallelism > maxP {
+		respond(microResponder{r}, &subjects.SavepointResult{Job: req.Job,
+			Error: subjects.Errorf(subjects.CodeParallelismTooHigh, "parallelism %d is above max_parallelism %d", req.Parallelism, maxP)})
+		return
+	}
+	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job}, savepointWaiter{reply: microResponder{r}, rescale: req.Parallelism})
+}
+
+// rescaleFrom resubmits a job stopped with a savepoint at the waiter's
+// parallelism, restoring from that savepoint.
+func (c *Coordinator) rescaleFrom(job string, w savepointWaiter, res subjects.SavepointResult, now time.Time) {
+	spec := c.jobs[job].jm.Spec()
+	spec.Parallelism = w.rescale
+	go func() {
+		_, err := c.submit(spec, res.Location)
+		if err != nil {
+			res.Error = subjects.Errorf(subjects.CodeOf(err), "job stopped with savepoint %s, but resubmitting at parallelism %d failed: %v", res.Location, w.rescale, err)
+		}
+		respond(w.reply, &res)
+	}()
+}
+
+func (c *Coordinator) apiSavepoint(r micro.Request) {
+	var t subjects.TriggerSavepoint
+	if err := subjects.Decode(r.Data(), &t); err != nil {
+		respond(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
+		return
+	}
+	c.triggerSavepoint(t, savepointWaiter{reply: microResponder{r}})
+}
+
+func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
+	req, ok := c.jobRequest(r)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+	defer cancel()
+	jc, _, err := c.ckpts.load(ctx, req.Job)
+	if err != nil {
+		respond(microResponder{r}, &subjects.CheckpointList{Error: subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err)})
+		return
+	}
+	list := jc.checkpoints
+	if savepoints {
+		list = jc.savepoints
+	}
+	out := subjects.CheckpointList{Checkpoints: []subjects.CheckpointRecord{}}
+	for _, rec := range list {
+		rec.Location = c.locationOf(rec.Location)
+		out.Checkpoints = append(out.Checkpoints, rec)
+	}
+	respond(microResponder{r}, &out)
+}
+
+func (c *Coordinator) apiCheckpointList(r micro.Request) { c.listCheckpoints(r, false) }
+func (c *Coordinator) apiSavepointList(r micro.Request)  { c.listCheckpoints(r, true) }
+
+// apiSavepointDelete deletes a savepoint: its JetStream record, then every
+// object under its location. Only savepoints can be deleted this way.
+func (c *Coordinator) apiSavepointDelete(r micro.Request) {
+	var req subjects.SavepointDelete
+	fail := func(err error) { respond(microResponder{r}, &subjects.Response{Error: subjects.AsError(err)}) }
+	if err := subjects.Decode(r.Data(), &req); err != nil {
+		fail(err)
+		return
+	}
+	key, err := c.resolveLocation(req.Location)
+	if err != nil {
+		fail(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rec, found, err := c.ckpts.savepointByLocation(ctx, key)
+	if err != nil {
+		fail(subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err))
+		return
+	}
+	if !found {
+		md, err := c.readMetadata(ctx, key)
+		if err != nil {
+			fail(err)
+			return
+		}
+		if md.Kind != subjects.KindSavepoint {
+			fail(subjects.Errorf(subjects.CodeInvalidArgument, "%s is a %s, not a savepoint; checkpoints are deleted by retention", req.Location, md.Kind))
+			return
+		}
+		rec = md
+	}
+	if err := c.ckpts.remove(ctx, rec); err != nil {
+		fail(subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err))
+		return
+	}
+	objs, err := c.cfg.Store.List(ctx, key+"/")
+	if err == nil {
+		keys := make([]string, 0, len(objs))
+		for _, o := range objs {
+			keys = append(keys, o.Key)
+		}
+		err = c.cfg.Store.Delete(ctx, keys...)
+	}
+	if err != nil {
+		fail(subjects.Errorf(subjects.CodeStorageUnavailable, "savepoint record deleted, but deleting its objects failed: %v", err))
+		return
+	}
+	c.log.Info("savepoint deleted", "location", c.locationOf(key), "objects", len(objs))
+	respond(microResponder{r}, &subjects.Response{})
+}

@@ -1,0 +1,175 @@
+package jobmaster
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/datadriven"
+
+	"flotilla/statebackend"
+	"flotilla/statebackend/keygroup"
+	"flotilla/subjects"
+)
+
+// TestScenarios runs the trace scenarios in testdata/. Commands:
+//
+//	new parallelism=2 [max=8] [restore=4]   a job master (restoring from checkpoint 4)
+//	start
+//	offer w1 0:a1 1:a2                      a worker offers slots
+//	status task=0 attempt=N running|failed|canceled
+//	deploy-failed task=0 attempt=N code=slot_mismatch
+//	lost w1 a1 a2                           the resource manager lost a worker
+//	tick 1s
+//	completed 7                             checkpoint 7 completed
+//	cancel
+//	info
+//
+// Rewrite with go test ./coordinator/jobmaster -rewrite.
+func TestScenarios(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		now := start
+		var m *Master
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			arg := func(k string) string {
+				for _, a := range d.CmdArgs {
+					if a.Key == k && len(a.Vals) > 0 {
+						return a.Vals[0]
+					}
+				}
+				return ""
+			}
+			num := func(k string) int {
+				var n int
+				fmt.Sscan(arg(k), &n)
+				return n
+			}
+			switch d.Cmd {
+			case "new":
+				spec := subjects.JobSpec{Name: "clicks", Parallelism: num("parallelism"), MaxParallelism: num("max"),
+					Source:   subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
+					Operator: subjects.OperatorSpec{Type: "count"}}
+				spec = spec.WithDefaults()
+				var restore []RestorePoint
+				if r := num("restore"); r > 0 {
+					var handles []statebackend.Handle
+					for i := 0; i < 2; i++ {
+						handles = append(handles, statebackend.Handle{Format: statebackend.FormatNative, Manifest: fmt.Sprintf("h%d", i),
+							Range: keygroup.ForTask(i, 2, spec.MaxParallelism)})
+					}
+					restore = append(restore, RestorePoint{ID: uint64(r), Handles: handles})
+				}
+				m = New(1, spec, restore)
+				return "ok\n"
+			case "start":
+				return format(m.Start(now))
+			case "offer":
+				var slots []subjects.OfferedSlot
+				for _, a := range d.CmdArgs[1:] {
+					var s int
+					fmt.Sscan(a.Key[:strings.Index(a.Key, ":")], &s)
+					slots = append(slots, subjects.OfferedSlot{Slot: s, Allocation: a.Key[strings.Index(a.Key, ":")+1:]})
+				}
+				acc, acts := m.Offer(d.CmdArgs[0].Key, slots, now)
+				return fmt.Sprintf("accepted %v\n", acc) + format(acts)
+			case "status":
+				st := &subjects.TaskStatus{Worker: "w", TaskRef: subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: attempt(arg("attempt"))}}
+				for _, a := range d.CmdArgs {
+					switch a.Key {
+					case "running":
+						st.State = subjects.TaskRunning
+					case "failed":
+						st.State, st.Error = subjects.TaskFailed, subjects.Errorf(subjects.CodeInternal, "boom")
+					case "canceled":
+						st.State = subjects.TaskCanceled
+					case "corrupt":
+						st.State, st.Error = subjects.TaskFailed, subjects.Errorf(subjects.CodeCorruptState, "bad checksum")
+					}
+				}
+				return format(m.TaskStatus(st, now))
+			case "deploy-failed":
+				code := subjects.CodeTimeout
+				switch arg("code") {
+				case "slot_mismatch":
+					code = subjects.CodeSlotMismatch
+				case "corrupt_state":
+					code = subjects.CodeCorruptState
+				}
+				return format(m.DeployFailed(subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: attempt(arg("attempt"))}, subjects.Errorf(code, "x"), now))
+			case "lost":
+				var ids []string
+				for _, a := range d.CmdArgs[1:] {
+					ids = append(ids, a.Key)
+				}
+				return format(m.WorkerLost(d.CmdArgs[0].Key, ids, now))
+			case "tick":
+				dur, _ := time.ParseDuration(d.CmdArgs[0].Key)
+				now = now.Add(dur)
+				return fmt.Sprintf("t=%s\n", now.Sub(start)) + format(m.Tick(now))
+			case "completed":
+				var id uint64
+				fmt.Sscan(d.CmdArgs[0].Key, &id)
+				m.CheckpointCompleted(id, []statebackend.Handle{{Format: statebackend.FormatNative, Manifest: "all", Range: keygroup.Range{Start: 0, End: m.Spec().MaxParallelism - 1}}})
+				return "ok\n"
+			case "cancel":
+				return format(m.Cancel("by user", now))
+			case "info":
+				info := m.Info()
+				var b strings.Builder
+				fmt.Fprintf(&b, "%s running=%v restarts=%d restore=%d\n", info.State, m.AllRunning(), info.Restarts, info.LatestCheckpoint)
+				for _, t := range info.Tasks {
+					fmt.Fprintf(&b, "task %d %s worker=%q attempt=%s %s\n", t.Task, t.Range, t.Worker, attemptStr(t.Attempt), t.State)
+				}
+				return b.String()
+			}
+			t.Fatalf("unknown command %q", d.Cmd)
+			return ""
+		})
+	})
+}
+
+// Attempts print as "e<epoch>.<n>".
+func attemptStr(a uint64) string { return fmt.Sprintf("e%d.%d", a>>20, a&(1<<20-1)) }
+
+func attempt(s string) uint64 {
+	var e, n uint64
+	fmt.Sscanf(s, "e%d.%d", &e, &n)
+	return e<<20 | n
+}
+
+func format(acts []Action) string {
+	if len(acts) == 0 {
+		return "(no actions)\n"
+	}
+	var b strings.Builder
+	for _, a := range acts {
+		switch a := a.(type) {
+		case Demand:
+			fmt.Fprintf(&b, "demand %d op=%s\n", a.Slots, a.Operator)
+		case Deploy:
+			var hs []string
+			for _, h := range a.Req.Restore {
+				hs = append(hs, h.Manifest)
+			}
+			fmt.Fprintf(&b, "deploy task=%d attempt=%s to %s/%s range=%s restore=%d%v\n", a.Req.Task, attemptStr(a.Req.Attempt),
+				a.Req.Worker, a.Req.Allocation, a.Req.Range, a.Req.RestoredFrom, hs)
+		case Cancel:
+			fmt.Fprintf(&b, "cancel task=%d attempt=%s on %s release=%v\n", a.Req.Task, attemptStr(a.Req.Attempt), a.Req.Worker, a.Req.Release)
+		case ReleaseSlot:
+			fmt.Fprintf(&b, "release %s\n", a.Allocation)
+		case StateChanged:
+			fmt.Fprintf(&b, "job %s (%s)\n", a.State, a.Reason)
+		case RestoreFallback:
+			fmt.Fprintf(&b, "task %d cannot read restore point %d (%s); falls back\n", a.Task, a.Bad, a.Err.Code)
+		case JobFailed:
+			fmt.Fprintf(&b, "job failed: %s\n", a.Err.Message)
+		case TaskFailed:
+			fmt.Fprintf(&b, "task %d attempt=%s failed on %q: %s; restart #%d in %s\n", a.Task.Task, attemptStr(a.Task.Attempt), a.Worker, a.Err.Code, a.Restart, a.Delay)
+		default:
+			fmt.Fprintf(&b, "%T\n", a)
+		}
+	}
+	return b.String()
+}

@@ -1,0 +1,138 @@
+package resource
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/datadriven"
+
+	"flotilla/subjects"
+)
+
+// TestScenarios runs the trace scenarios in testdata/. Commands:
+//
+//	register w1 slots=2 [ops=count,sum]   a worker registers
+//	heartbeat w1 [instance=X] [slots=0:a1-1,1:]   a heartbeat with a slot report
+//	tick 5s                                advance the clock and tick
+//	demand job=clicks slots=3 [op=count]   a job master's demand
+//	answered a1-1 slot=0                   a worker answered a slot request
+//	failed a1-1                            a slot request failed
+//	release a1-1                           the job master released a slot
+//	workers                                list workers
+//
+// Each prints the actions (or the response) that resulted; rewrite with
+// go test ./coordinator/resource -rewrite.
+func TestScenarios(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+		now := start
+		m := New(Config{Epoch: 1, HeartbeatInterval: time.Second, HeartbeatTimeout: 5 * time.Second, SlotRequestTimeout: 3 * time.Second})
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			arg := func(k string) string {
+				for _, a := range d.CmdArgs {
+					if a.Key == k && len(a.Vals) > 0 {
+						return strings.Join(a.Vals, ",")
+					}
+				}
+				return ""
+			}
+			num := func(k string) int {
+				var n int
+				fmt.Sscan(arg(k), &n)
+				return n
+			}
+			first := ""
+			if len(d.CmdArgs) > 0 {
+				first = d.CmdArgs[0].Key
+			}
+			switch d.Cmd {
+			case "register":
+				var ops []string
+				if o := arg("ops"); o != "" {
+					ops = strings.Split(o, ",")
+				}
+				resp, acts := m.Register(&subjects.RegisterRequest{Worker: first, Slots: num("slots"), Operators: ops}, now)
+				return fmt.Sprintf("-> instance=%s epoch=%d\n", resp.Instance, resp.Epoch) + format(acts)
+			case "heartbeat":
+				inst := arg("instance")
+				if inst == "" {
+					for _, w := range m.Workers() {
+						if w.Worker == first {
+							inst = w.Instance
+						}
+					}
+					if inst == "" {
+						inst = "none"
+					}
+				}
+				hb := &subjects.Heartbeat{Worker: first, Instance: inst, Epoch: 1}
+				if s := arg("slots"); s != "" {
+					for _, p := range strings.Split(s, ",") {
+						var slot int
+						parts := strings.SplitN(p, ":", 2)
+						fmt.Sscan(parts[0], &slot)
+						hb.Slots = append(hb.Slots, subjects.SlotReport{Slot: slot, Allocation: parts[1]})
+					}
+				}
+				resp, acts := m.Heartbeat(hb, now)
+				out := "-> ok\n"
+				if resp.Error != nil {
+					out = fmt.Sprintf("-> error %s\n", resp.Error.Code)
+				}
+				return out + format(acts)
+			case "tick":
+				dur, err := time.ParseDuration(first)
+				if err != nil {
+					t.Fatal(err)
+				}
+				now = now.Add(dur)
+				return fmt.Sprintf("t=%s\n", now.Sub(start)) + format(m.Tick(now))
+			case "demand":
+				return format(m.SetDemand(arg("job"), num("slots"), arg("op"), now))
+			case "answered":
+				m.SlotRequestAnswered(first, num("slot"))
+				return "ok\n"
+			case "failed":
+				return format(m.SlotRequestFailed(first, now))
+			case "release":
+				return format(m.Release(first, now))
+			case "workers":
+				var b strings.Builder
+				for _, w := range m.Workers() {
+					fmt.Fprintf(&b, "%s instance=%s slots=%d free=%d\n", w.Worker, w.Instance, w.Slots, w.FreeSlots)
+				}
+				return b.String()
+			}
+			t.Fatalf("unknown command %q", d.Cmd)
+			return ""
+		})
+	})
+}
+
+func format(acts []Action) string {
+	if len(acts) == 0 {
+		return "(no actions)\n"
+	}
+	var b strings.Builder
+	for _, a := range acts {
+		switch a := a.(type) {
+		case SendSlotRequest:
+			fmt.Fprintf(&b, "slot-request %s alloc=%s job=%s\n", a.Req.Worker, a.Req.Allocation, a.Req.Job)
+		case WorkerJoined:
+			fmt.Fprintf(&b, "joined %s slots=%d\n", a.Info.Worker, a.Info.Slots)
+		case WorkerLost:
+			var ids []string
+			for _, al := range a.Allocations {
+				ids = append(ids, al.ID+"("+al.Job+")")
+			}
+			sort.Strings(ids)
+			fmt.Fprintf(&b, "lost %s (%s) allocations=[%s]\n", a.Worker, a.Reason, strings.Join(ids, " "))
+		default:
+			fmt.Fprintf(&b, "%T\n", a)
+		}
+	}
+	return b.String()
+}

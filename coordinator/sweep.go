@@ -1,0 +1,88 @@
+package coordinator
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"flotilla/coordinator/checkpoint"
+)
+
+// SweepOrphans runs the orphan sweep now with the given grace period and
+// returns the number of objects it deleted. The periodic sweep uses
+// Config.OrphanGrace; a grace shorter than the longest upload can delete
+// files of checkpoints in flight, so use a short one only on stopped jobs.
+func (c *Coordinator) SweepOrphans(grace time.Duration) int {
+	done := make(chan int, 1)
+	c.enqueue(func(now time.Time) { c.sweepOrphans(now, grace, done) })
+	return <-done
+}
+
+// sweepOrphans deletes, for every job this coordinator knows, the objects
+// under the job's prefix that no retained checkpoint (nor the savepoint the
+// run restored from) references and that are older than grace: leftovers of
+// crashed uploads, aborted checkpoints and earlier runs. Called on the loop;
+// the listing and deleting run on their own goroutine, which sends the
+// number deleted on done (if not nil).
+func (c *Coordinator) sweepOrphans(now time.Time, grace time.Duration, done chan<- int) {
+	type job struct {
+		name       string
+		referenced map[string]bool
+		pending    []string
+	}
+	var jobs []job
+	for _, name := range sortedKeys(c.jobs) {
+		e := c.jobs[name]
+		if e.cc == nil {
+			continue
+		}
+		j := job{name: name, referenced: e.cc.Referenced()}
+		if e.from != nil {
+			for _, f := range checkpoint.Files(*e.from) {
+				j.referenced[f] = true
+			}
+		}
+		for _, id := range e.cc.Pending() {
+			j.pending = append(j.pending, checkpoint.CheckpointLocation(name, id)+"/")
+		}
+		jobs = append(jobs, j)
+	}
+	cutoff := now.Add(-grace)
+	go func() {
+		deleted := 0
+		if done != nil {
+			defer func() { done <- deleted }()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		for _, j := range jobs {
+			objs, err := c.cfg.Store.List(ctx, j.name+"/")
+			if err != nil {
+				c.log.Warn("orphan sweep: listing", "job", j.name, "err", err)
+				continue
+			}
+			var orphans []string
+		next:
+			for _, o := range objs {
+				if j.referenced[o.Key] || o.ModTime.After(cutoff) {
+					continue
+				}
+				for _, p := range j.pending {
+					if strings.HasPrefix(o.Key, p) {
+						continue next
+					}
+				}
+				orphans = append(orphans, o.Key)
+			}
+			if len(orphans) == 0 {
+				continue
+			}
+			if err := c.cfg.Store.Delete(ctx, orphans...); err != nil {
+				c.log.Warn("orphan sweep: deleting", "job", j.name, "err", err)
+				continue
+			}
+			deleted += len(orphans)
+			c.log.Info("orphan sweep", "job", j.name, "deleted", len(orphans))
+		}
+	}()
+}

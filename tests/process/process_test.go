@@ -1,0 +1,155 @@
+// Package process tests flotilla with workers as real OS processes of the
+// flotilla binary, killed with SIGKILL.
+package process
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla/coordinator"
+	"flotilla/coordinator/client"
+	"flotilla/internal/testutil"
+	"flotilla/objectstore"
+	"flotilla/subjects"
+)
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// flotillaBinary builds cmd/flotilla once per test binary.
+func flotillaBinary(t *testing.T) string {
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "flotilla-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "flotilla")
+		out, err := exec.Command("go", "build", "-o", binary, "flotilla/cmd/flotilla").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+type proc struct {
+	cmd *exec.Cmd
+	out *bytes.Buffer
+}
+
+// startWorker starts `flotilla worker` as a process.
+func startWorker(t *testing.T, natsURL, store, name, dataDir string) *proc {
+	cmd := exec.Command(flotillaBinary(t), "worker", "-nats", natsURL, "-store", store, "-name", name, "-data", dataDir, "-slots", "1", "-log-level", "warn")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, out: &out}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("worker %s output:\n%s", name, out.String())
+		}
+	})
+	return p
+}
+
+func TestKilledWorkerProcess(t *testing.T) {
+	srv := testutil.RunNATS(t)
+	storeDir := t.TempDir()
+	store, err := objectstore.NewFS(storeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := testutil.Connect(t, srv)
+	co, err := coordinator.New(coordinator.Config{Conn: testutil.Connect(t, srv), Store: store,
+		HeartbeatInterval: 200 * time.Millisecond, HeartbeatTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- co.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-co.Ready()
+
+	loc := "file://" + storeDir
+	w1 := startWorker(t, srv.ClientURL(), loc, "p1", t.TempDir())
+	startWorker(t, srv.ClientURL(), loc, "p2", t.TempDir())
+	api := client.New(nc, subjects.Namespace{})
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		ws, err := api.Workers(ctx)
+		if err == nil && len(ws) != 2 {
+			err = fmt.Errorf("%d workers", len(ws))
+		}
+		return err
+	})
+	spec := subjects.JobSpec{Name: "clicks", Parallelism: 2,
+		Source:   subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
+		Operator: subjects.OperatorSpec{Type: "count"}}
+	if _, err := api.Submit(ctx, spec, 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	truth := map[string]int64{}
+	r := rand.New(rand.NewPCG(7, 7))
+	publish := func(n int) {
+		for i := 0; i < n; i++ {
+			k := fmt.Sprintf("k%d", r.IntN(30))
+			if _, err := js.Publish(ctx, "clicks."+k, nil); err != nil {
+				t.Fatal(err)
+			}
+			truth[k]++
+		}
+	}
+	publish(500)
+	// A spare worker, then SIGKILL p1 while events keep arriving.
+	startWorker(t, srv.ClientURL(), loc, "p3", t.TempDir())
+	if err := w1.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	publish(500)
+	testutil.CheckFor(t, 60*time.Second, 200*time.Millisecond, func() error {
+		info, err := api.Status(ctx, "clicks")
+		if err != nil {
+			return err
+		}
+		for _, task := range info.Tasks {
+			if task.Worker == "p1" || task.State != subjects.TaskRunning {
+				return fmt.Errorf("task %d on %q is %s", task.Task, task.Worker, task.State)
+			}
+		}
+		for k, want := range truth {
+			res, err := api.State(ctx, "clicks", k)
+			if err != nil {
+				return err
+			}
+			var got int64
+			if json.Unmarshal(res.Value, &got); got != want {
+				return fmt.Errorf("key %s = %d, want %d", k, got, want)
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,213 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"time"
+
+	"flotilla/objectstore"
+	"flotilla/statebackend"
+	"flotilla/subjects"
+)
+
+// The task side of checkpoints (docs/DESIGN.md, "Checkpoints and
+// savepoints"). On a barrier, at the next record boundary, the task commits
+// its batch and takes the synchronous part (a native snapshot, or a
+// consistent view for a canonical savepoint), then resumes processing. An
+// asynchronous part first waits until every output of the committed batches
+// is confirmed by the sink (so that a restore from this checkpoint never
+// loses an output: the events after it are replayed and their outputs
+// published again), then uploads, then acks with the handle or declines
+// with a coded reason.
+//
+// Object names include the task index and attempt, so an attempt that dies
+// mid-upload leaves only objects no later attempt writes or reads; the
+// coordinator's orphan sweep removes them.
+
+// checkpoint is an in-flight checkpoint of a task.
+type checkpoint struct {
+	id     uint64
+	kind   subjects.CheckpointKind
+	cancel context.CancelFunc
+}
+
+// control handles a checkpoint-plane message on the task goroutine.
+func (t *task) control(m subjects.Message) error {
+	switch m := m.(type) {
+	case *subjects.Barrier:
+		return t.barrier(m)
+	case *subjects.Complete:
+		t.complete(m)
+	case *subjects.Abort:
+		t.abort(m)
+	}
+	return nil
+}
+
+// privatePrefix is the object-key prefix of this attempt's files in the
+// checkpoint or savepoint at target.
+func (t *task) privatePrefix(target string) string {
+	return path.Join(target, fmt.Sprintf("task-%d-%d", t.ref.Task, t.ref.Attempt))
+}
+
+func (t *task) barrier(b *subjects.Barrier) error {
+	switch {
+	case b.Job != t.ref.Job || b.Epoch != t.epoch:
+		t.log.Debug("ignoring barrier of another epoch", "checkpoint", b.Checkpoint, "epoch", b.Epoch, "task_epoch", t.epoch)
+		return nil
+	case b.Checkpoint <= t.lastBarrier:
+		t.log.Debug("ignoring repeated barrier", "checkpoint", b.Checkpoint, "last", t.lastBarrier)
+		return nil
+	}
+	t.lastBarrier = b.Checkpoint
+	if err := t.markPosition(); err != nil {
+		return err
+	}
+	if err := t.commit(); err != nil {
+		return err
+	}
+	start := time.Now()
+	var (
+		upload  func(context.Context) (statebackend.Handle, error) // removes the local image or view
+		release func()                                             // drops them when upload is not called
+		cleanup func(context.Context)                              // removes what a failed upload left
+	)
+	store := t.w.cfg.Store
+	switch b.Format {
+	case statebackend.FormatNative:
+		ps, err := t.be.Snapshot(b.Checkpoint)
+		if err != nil {
+			t.decline(b, subjects.Errorf(subjects.CodeInternal, "snapshot: %v", err))
+			return nil
+		}
+		target := statebackend.Target{SharedPrefix: b.Shared, PrivatePrefix: t.privatePrefix(b.Target)}
+		if target.SharedPrefix == "" {
+			// A savepoint shares nothing with the job's checkpoints.
+			target.SharedPrefix = target.PrivatePrefix + "/shared"
+		}
+		upload = func(ctx context.Context) (statebackend.Handle, error) { return ps.Upload(ctx, store, target) }
+		release = ps.Release
+		cleanup = func(ctx context.Context) { deletePrefix(ctx, store, target.PrivatePrefix+"/") }
+	case statebackend.FormatCanonical:
+		sp, err := t.be.Savepoint()
+		if err != nil {
+			t.decline(b, subjects.Errorf(subjects.CodeInternal, "savepoint view: %v", err))
+			return nil
+		}
+		key := t.privatePrefix(b.Target) + ".savepoint"
+		upload = func(ctx context.Context) (statebackend.Handle, error) {
+			defer sp.Release()
+			return sp.Write(ctx, store, key)
+		}
+		release = sp.Release
+		cleanup = func(context.Context) {}
+	default:
+		t.decline(b, subjects.Errorf(subjects.CodeInvalidArgument, "unknown snapshot format %v", b.Format))
+		return nil
+	}
+	syncDur := time.Since(start)
+	published := t.sink.published()
+	ctx, cancel := context.WithCancel(t.ctx)
+	t.ckpts[b.Checkpoint] = &checkpoint{id: b.Checkpoint, kind: b.Kind, cancel: cancel}
+	t.asyncWG.Add(1)
+	go func() {
+		defer t.asyncWG.Done()
+		defer cancel()
+		start := time.Now()
+		err := t.sink.waitConfirmed(ctx, published)
+		var h statebackend.Handle
+		if err == nil {
+			h, err = upload(ctx)
+		} else {
+			release()
+		}
+		switch {
+		case ctx.Err() != nil:
+			// Aborted, or the task is ending: nobody waits for an answer.
+			t.log.Debug("checkpoint upload canceled", "checkpoint", b.Checkpoint, "err", err)
+		case err != nil:
+			code := subjects.CodeStorageUnavailable
+			if c := subjects.CodeOf(err); c != subjects.CodeInternal {
+				code = c
+			}
+			cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
+			cleanup(cctx)
+			ccancel()
+			t.decline(b, subjects.Errorf(code, "task %d: persisting checkpoint %d: %v", t.ref.Task, b.Checkpoint, err))
+		default:
+			ack := subjects.Ack{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Handle: h,
+				Sync: subjects.Duration(syncDur), Async: subjects.Duration(time.Since(start))}
+			t.publish(t.w.ns.Ack(t.ref.Job), &ack)
+			t.log.Debug("checkpoint acked", "checkpoint", b.Checkpoint, "kind", b.Kind.String(), "handle", h.String(),
+				"sync", syncDur, "async", time.Since(start))
+		}
+	}()
+	return nil
+}
+
+// complete handles a committed checkpoint: a native checkpoint's uploaded
+// files may now be shared by later snapshots. A savepoint's are not: it is
+// the user's and may be deleted independently of the checkpoints.
+func (t *task) complete(c *subjects.Complete) {
+	if c.Epoch < t.epoch {
+		return
+	}
+	savepoint := c.Kind == subjects.KindSavepoint
+	if ck := t.ckpts[c.Checkpoint]; ck != nil {
+		savepoint = savepoint || ck.kind == subjects.KindSavepoint
+	}
+	if savepoint {
+		t.be.SnapshotAborted(c.Checkpoint)
+	} else {
+		t.be.SnapshotCompleted(c.Checkpoint)
+	}
+	delete(t.ckpts, c.Checkpoint)
+	// Forget older checkpoints that can no longer complete.
+	for id := range t.ckpts {
+		if id < c.Checkpoint {
+			delete(t.ckpts, id)
+		}
+	}
+}
+
+// abort gives up a checkpoint: its upload is canceled and nothing it
+// uploaded is ever shared.
+func (t *task) abort(a *subjects.Abort) {
+	if a.Epoch < t.epoch {
+		return
+	}
+	if c := t.ckpts[a.Checkpoint]; c != nil {
+		c.cancel()
+		delete(t.ckpts, a.Checkpoint)
+	}
+	t.be.SnapshotAborted(a.Checkpoint)
+}
+
+func (t *task) decline(b *subjects.Barrier, reason *subjects.Error) {
+	t.log.Warn("declining checkpoint", "checkpoint", b.Checkpoint, "reason", reason)
+	t.publish(t.w.ns.Decline(t.ref.Job), &subjects.Decline{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Reason: reason})
+}
+
+func (t *task) publish(subject string, m subjects.Message) {
+	b, err := subjects.Encode(m)
+	if err == nil {
+		err = t.w.nc.Publish(subject, b)
+	}
+	if err != nil {
+		t.log.Warn("publishing", "type", m.MsgType().String(), "err", err)
+	}
+}
+
+// deletePrefix deletes every object under prefix, best effort.
+func deletePrefix(ctx context.Context, store objectstore.Store, prefix string) {
+	objs, err := store.List(ctx, prefix)
+	if err != nil || len(objs) == 0 {
+		return
+	}
+	keys := make([]string, len(objs))
+	for i, o := range objs {
+		keys[i] = o.Key
+	}
+	_ = store.Delete(ctx, keys...)
+}

@@ -1,0 +1,255 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla/subjects"
+)
+
+// sink publishes a task's outputs to the job's sink subject, each with its
+// deterministic Nats-Msg-Id.
+//
+// When a JetStream stream captures the subject, outputs are published
+// asynchronously with at most max unconfirmed. An output JetStream does not
+// confirm is published again (same Msg-Id) until it is, for a while; then,
+// or at once if the stream refuses it, the task fails (and restarts from its
+// last checkpoint, publishing the outputs of the replayed events again; the
+// stream's duplicate window drops the ones it has). Without a stream, outputs are plain NATS messages:
+// at most once, since nothing confirms them.
+//
+// publish and published are called by the task goroutine only; waitConfirmed
+// and err from any goroutine.
+type sink struct {
+	subject string
+	nc      *nats.Conn
+	js      jetstream.JetStream // nil: plain NATS
+	sem     chan struct{}       // one token per unconfirmed output
+	futures chan jetstream.PubAckFuture
+	quit    chan struct{} // closed by close: stop retrying
+
+	count uint64 // outputs handed to publish (task goroutine)
+
+	mu        sync.Mutex
+	confirmed uint64
+	waiters   []sinkWaiter
+	failure   error
+	failed    chan struct{} // closed on the first failure
+}
+
+type sinkWaiter struct {
+	n  uint64
+	ch chan struct{}
+}
+
+// publishAckTimeout bounds how long JetStream may take to confirm an output
+// before it is published again; sinkRetryFor bounds the retries, after which
+// the task fails.
+const (
+	publishAckTimeout = 5 * time.Second
+	sinkRetryFor      = 2 * time.Minute
+)
+
+// newSink prepares publishing to subject; an empty subject is a sink that
+// drops every output.
+func newSink(ctx context.Context, nc *nats.Conn, subject string, max int, log *slog.Logger) (*sink, error) {
+	s := &sink{subject: subject, nc: nc, failed: make(chan struct{}), quit: make(chan struct{})}
+	if subject == "" {
+		return s, nil
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max+1), jetstream.WithPublishAsyncTimeout(publishAckTimeout))
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	stream, err := js.StreamNameBySubject(lctx, subject)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		log.Warn("no JetStream stream captures the sink subject: outputs are plain NATS messages, published at most once", "sink", subject)
+		return s, nil
+	case err != nil:
+		return nil, subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: looking up its stream: %v", subject, err)
+	}
+	log.Debug("sink stream", "sink", subject, "stream", stream)
+	s.js = js
+	s.sem = make(chan struct{}, max)
+	s.futures = make(chan jetstream.PubAckFuture, max)
+	go s.drain()
+	return s, nil
+}
+
+// publish publishes one output, blocking while max outputs are
+// unconfirmed.
+func (s *sink) publish(ctx context.Context, id string, data []byte) error {
+	if s.subject == "" {
+		return nil
+	}
+	m := &nats.Msg{Subject: s.subject, Data: data, Header: nats.Header{nats.MsgIdHdr: []string{id}}}
+	if s.js == nil {
+		if err := s.nc.PublishMsg(m); err != nil {
+			return subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: %v", s.subject, err)
+		}
+		s.count++
+		return nil
+	}
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-s.failed:
+		return s.err()
+	}
+	f, err := s.js.PublishMsgAsync(m)
+	if err != nil {
+		<-s.sem
+		return subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: %v", s.subject, err)
+	}
+	s.count++
+	s.futures <- f // never blocks: sem bounds it
+	return nil
+}
+
+// published returns how many outputs publish has been handed.
+func (s *sink) published() uint64 { return s.count }
+
+// drain confirms outputs in publish order.
+func (s *sink) drain() {
+	for f := range s.futures {
+		if err := s.confirm(f); err != nil {
+			s.fail(fmt.Errorf("output %s not confirmed: %w", f.Msg().Header.Get(nats.MsgIdHdr), err))
+		}
+		<-s.sem
+		s.mu.Lock()
+		s.confirmed++
+		kept := s.waiters[:0]
+		for _, w := range s.waiters {
+			if w.n <= s.confirmed {
+				close(w.ch)
+			} else {
+				kept = append(kept, w)
+			}
+		}
+		s.waiters = kept
+		s.mu.Unlock()
+	}
+}
+
+// confirm waits for JetStream to confirm f. An unconfirmed output (a
+// timeout, or a reconnect, which fails every pending ack) is published
+// again with the same Msg-Id, which the stream's duplicate window makes
+// harmless, for up to sinkRetryFor; an error answer of the stream itself
+// (an API error such as a limit) is final.
+func (s *sink) confirm(f jetstream.PubAckFuture) error {
+	deadline := time.Now().Add(sinkRetryFor)
+	backoff := 20 * time.Millisecond
+	for {
+		var err error
+		select {
+		case <-f.Ok():
+			return nil
+		case err = <-f.Err():
+		}
+		var api *jetstream.APIError
+		if errors.As(err, &api) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-s.quit:
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+		m := f.Msg()
+		f, err = s.js.PublishMsgAsync(&nats.Msg{Subject: m.Subject, Data: m.Data, Header: m.Header})
+		if err != nil {
+			if time.Now().After(deadline) {
+				return err
+			}
+			f = failedFuture{m: m, err: err}
+		}
+	}
+}
+
+// failedFuture stands for a publish that could not even be sent, so that
+// confirm retries it like an unconfirmed one.
+type failedFuture struct {
+	jetstream.PubAckFuture
+	m   *nats.Msg
+	err error
+}
+
+func (f failedFuture) Ok() <-chan *jetstream.PubAck { return nil }
+func (f failedFuture) Msg() *nats.Msg               { return f.m }
+func (f failedFuture) Err() <-chan error {
+	ch := make(chan error, 1)
+	ch <- f.err
+	return ch
+}
+
+func (s *sink) fail(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failure == nil {
+		s.failure = subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: %v", s.subject, err)
+		close(s.failed)
+	}
+}
+
+// err returns the sink's failure, if any.
+func (s *sink) err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failure
+}
+
+// waitConfirmed waits until the first n outputs are confirmed (for plain
+// NATS: flushed to the server). It fails if the sink failed or ctx is done.
+func (s *sink) waitConfirmed(ctx context.Context, n uint64) error {
+	if s.subject == "" {
+		return nil
+	}
+	if s.js == nil {
+		// FlushWithContext requires a deadline; the checkpoint's own
+		// context may have none.
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := s.nc.FlushWithContext(fctx); err != nil {
+			return subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: flush: %v", s.subject, err)
+		}
+		return nil
+	}
+	s.mu.Lock()
+	if s.failure != nil || s.confirmed >= n {
+		err := s.failure
+		s.mu.Unlock()
+		return err
+	}
+	ch := make(chan struct{})
+	s.waiters = append(s.waiters, sinkWaiter{n: n, ch: ch})
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		return s.err()
+	case <-s.failed:
+		return s.err()
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// close stops confirming outputs once those in flight are settled. Call it
+// after the last publish.
+func (s *sink) close() {
+	close(s.quit)
+	if s.futures != nil {
+		close(s.futures)
+	}
+}

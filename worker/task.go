@@ -1,0 +1,562 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla/objectstore"
+	"flotilla/statebackend"
+	"flotilla/statebackend/keygroup"
+	"flotilla/subjects"
+)
+
+// Cancel causes of a task's context: errStopped for a task stopped on
+// purpose (cancel, fencing, shutdown), which reports canceled; errEnded once
+// the task ended by itself, which reports failed.
+var (
+	errStopped = errors.New("worker: task stopped")
+	errEnded   = errors.New("worker: task ended")
+)
+
+// task is one attempt of one task of a job: one key-group range, its Pebble
+// state, its input consumer, its sink and its checkpoints.
+//
+// Every field below the line is owned by the task goroutine (run), except
+// where noted; NATS callbacks hand it barriers, completions and aborts
+// through ctl.
+type task struct {
+	w       *Worker
+	ref     subjects.TaskRef
+	epoch   uint64
+	spec    subjects.JobSpec
+	rng     keygroup.Range
+	m       int
+	restore []statebackend.Handle
+	op      Operator
+	dir     string
+	log     *slog.Logger
+	older   []*task // superseded attempts to wait for before starting
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	done   chan struct{}
+	ctl    chan subjects.Message
+
+	// beMu guards be against Close for state queries, which run on NATS
+	// goroutines; the task goroutine writes be only under it.
+	beMu sync.RWMutex
+	be   *statebackend.Backend
+
+	// ---
+	sink        *sink
+	batch       *statebackend.Batch
+	octx        Context
+	pending     []output // outputs of the uncommitted batch
+	n           int      // events in the uncommitted batch
+	position    uint64   // stream sequence of the last input event handed to the batch
+	lastBarrier uint64
+	ckpts       map[uint64]*checkpoint
+	asyncWG     sync.WaitGroup
+	badEvents   int
+}
+
+type output struct {
+	id   string
+	data []byte
+}
+
+func newTask(w *Worker, d *subjects.DeployTask, op Operator, older []*task) *task {
+	ctx, cancel := context.WithCancelCause(w.base)
+	t := &task{
+		w:       w,
+		ref:     d.TaskRef,
+		epoch:   d.Epoch,
+		spec:    d.Spec,
+		rng:     d.Range,
+		m:       d.Spec.MaxParallelism,
+		restore: d.Restore,
+		op:      op,
+		dir:     filepath.Join(w.tasksDir(), fmt.Sprintf("%s-%d-%d", d.Job, d.Task, d.Attempt)),
+		log:     w.log.With("job", d.Job, "task", d.Task, "attempt", d.Attempt),
+		older:   older,
+		ctx:     ctx,
+		cancel:  cancel,
+		done:    make(chan struct{}),
+		ctl:     make(chan subjects.Message, 64),
+		ckpts:   map[uint64]*checkpoint{},
+	}
+	return t
+}
+
+// stop makes the task end and report canceled. It does not wait.
+func (t *task) stop() { t.cancel(errStopped) }
+
+// run executes the attempt and reports how it ended.
+func (t *task) run() {
+	defer close(t.done)
+	for _, o := range t.older {
+		select {
+		case <-o.done:
+		case <-time.After(supersedeWait):
+			t.log.Warn("superseded attempt did not stop in time", "attempt", o.ref.Attempt)
+		}
+	}
+	var err error
+	if t.ctx.Err() == nil {
+		err = t.execute()
+	}
+	st := subjects.TaskFailed
+	if errors.Is(context.Cause(t.ctx), errStopped) {
+		st, err = subjects.TaskCanceled, nil
+	}
+	var cause *subjects.Error
+	if err != nil {
+		cause = subjects.AsError(err)
+		t.log.Warn("task failed", "err", err)
+	} else {
+		t.log.Info("task stopped", "state", st.String())
+	}
+	t.w.taskStateChanged(t, st, cause)
+}
+
+// execute runs the attempt until it is stopped or fails. Cleanup is
+// ordered: the consumer and subscriptions stop first, then asynchronous
+// checkpoint uploads are canceled and waited for, then the state is closed
+// and its directory removed.
+func (t *task) execute() (err error) {
+	if err := t.openState(); err != nil {
+		return err
+	}
+	defer func() {
+		t.beMu.Lock()
+		if cerr := t.be.Close(); cerr != nil && err == nil && !errors.Is(cerr, statebackend.ErrClosed) {
+			err = subjects.Errorf(subjects.CodeInternal, "close state: %v", cerr)
+		}
+		t.be = nil
+		t.beMu.Unlock()
+		if rerr := os.RemoveAll(t.dir); rerr != nil {
+			t.log.Warn("removing task directory", "dir", t.dir, "err", rerr)
+		}
+	}()
+	defer t.asyncWG.Wait()
+	defer t.cancel(errEnded) // ends async uploads however execute returns
+
+	t.sink, err = newSink(t.ctx, t.w.nc, t.spec.Sink.Subject, t.w.cfg.MaxPendingOutputs, t.log)
+	if err != nil {
+		return err
+	}
+	defer t.sink.close()
+
+	subs, err := t.subscribe()
+	defer func() {
+		for _, s := range subs {
+			_ = s.Unsubscribe()
+		}
+	}()
+	if err != nil {
+		return err
+	}
+
+	msgs, inputErr, stopInput, err := t.consume()
+	if err != nil {
+		return err
+	}
+	defer stopInput()
+
+	t.batch = t.be.NewBatch()
+	defer func() { _ = t.batch.Close() }()
+	t.octx.st = t.batch
+
+	t.w.taskStateChanged(t, subjects.TaskRunning, nil)
+	t.log.Info("task running", "range", t.rng.String(), "restored", len(t.restore) > 0)
+	return t.loop(msgs, inputErr)
+}
+
+// openState opens a fresh backend or restores one from the deployment's
+// handles.
+func (t *task) openState() error {
+	if err := os.RemoveAll(t.dir); err != nil {
+		return subjects.Errorf(subjects.CodeInternal, "clean task directory: %v", err)
+	}
+	opts := statebackend.Options{MaxParallelism: t.m, KeyGroups: t.rng, Logger: pebbleLogger{t.log}}
+	var be *statebackend.Backend
+	var err error
+	if len(t.restore) > 0 {
+		be, err = statebackend.Restore(t.ctx, t.w.cfg.Store, t.dir, opts, t.restore)
+	} else {
+		be, err = statebackend.Open(t.dir, opts)
+	}
+	if err != nil {
+		_ = os.RemoveAll(t.dir)
+		if len(t.restore) == 0 {
+			return subjects.Errorf(subjects.CodeInternal, "open state in %s: %v", t.dir, err)
+		}
+		return restoreError(err)
+	}
+	t.beMu.Lock()
+	t.be = be
+	t.beMu.Unlock()
+	return nil
+}
+
+// restoreError gives a restore error its code.
+func restoreError(err error) error {
+	var missing *statebackend.MissingError
+	switch {
+	case errors.Is(err, context.Canceled):
+		return err
+	case errors.Is(err, statebackend.ErrCorrupt), errors.As(err, &missing), errors.Is(err, objectstore.ErrNotFound),
+		errors.Is(err, statebackend.ErrInvalidHandle), errors.Is(err, statebackend.ErrUnknownFormat):
+		return subjects.Errorf(subjects.CodeCorruptState, "restore: %v", err)
+	case errors.Is(err, statebackend.ErrNotCovered), errors.Is(err, statebackend.ErrOverlap),
+		errors.Is(err, statebackend.ErrMaxParallelismMismatch), errors.Is(err, statebackend.ErrInvalidOptions):
+		return subjects.Errorf(subjects.CodeInvalidArgument, "restore: %v", err)
+	}
+	return subjects.Errorf(subjects.CodeStorageUnavailable, "restore: %v", err)
+}
+
+type pebbleLogger struct{ log *slog.Logger }
+
+func (l pebbleLogger) Errorf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }
+
+// subscribe installs the task's subscriptions: state queries of its groups
+// and the job's checkpoint plane.
+func (t *task) subscribe() ([]*nats.Subscription, error) {
+	var subs []*nats.Subscription
+	nc, ns, job := t.w.nc, t.w.ns, t.ref.Job
+	for g := t.rng.Start; g <= t.rng.End; g++ {
+		s, err := nc.Subscribe(ns.StateQuery(job, g), func(msg *nats.Msg) { t.onQuery(msg, g) })
+		if err != nil {
+			return subs, subjects.Errorf(subjects.CodeUnavailable, "subscribe state queries: %v", err)
+		}
+		subs = append(subs, s)
+	}
+	for _, c := range []struct {
+		subject string
+		msg     func() subjects.Message
+	}{
+		{ns.Barrier(job), func() subjects.Message { return new(subjects.Barrier) }},
+		{ns.Complete(job), func() subjects.Message { return new(subjects.Complete) }},
+		{ns.Abort(job), func() subjects.Message { return new(subjects.Abort) }},
+	} {
+		s, err := nc.Subscribe(c.subject, func(msg *nats.Msg) {
+			m := c.msg()
+			if err := subjects.Decode(msg.Data, m); err != nil {
+				t.log.Warn("bad checkpoint message", "subject", msg.Subject, "err", err)
+				return
+			}
+			select {
+			case t.ctl <- m:
+			default:
+				t.log.Warn("checkpoint messages pile up; dropping one", "type", m.MsgType().String())
+			}
+		})
+		if err != nil {
+			return subs, subjects.Errorf(subjects.CodeUnavailable, "subscribe %s: %v", c.subject, err)
+		}
+		subs = append(subs, s)
+	}
+	// The subscriptions must be in place before the task reports running,
+	// so that a barrier sent after that reaches it.
+	if err := nc.Flush(); err != nil {
+		return subs, subjects.Errorf(subjects.CodeUnavailable, "subscribe: %v", err)
+	}
+	return subs, nil
+}
+
+// onQuery answers a state query for group g from committed state.
+func (t *task) onQuery(msg *nats.Msg, g int) {
+	var q subjects.StateQuery
+	if err := subjects.Decode(msg.Data, &q); err != nil {
+		respond(msg, &subjects.StateResult{Group: g, Task: t.ref.Task, Error: subjects.AsError(err)})
+		return
+	}
+	res := subjects.StateResult{Job: t.ref.Job, Key: q.Key, Group: g, Task: t.ref.Task}
+	if q.Job != "" && q.Job != t.ref.Job {
+		res.Error = subjects.Errorf(subjects.CodeInvalidArgument, "query for job %q reached job %q", q.Job, t.ref.Job)
+		respond(msg, &res)
+		return
+	}
+	if kg := keygroup.Of([]byte(q.Key), t.m); kg != g {
+		res.Error = subjects.Errorf(subjects.CodeInvalidArgument, "key %q is in key group %d, not %d", q.Key, kg, g)
+		respond(msg, &res)
+		return
+	}
+	t.beMu.RLock()
+	var v []byte
+	err := statebackend.ErrClosed
+	if t.be != nil {
+		v, err = t.be.Get(ValueState, []byte(q.Key))
+	}
+	t.beMu.RUnlock()
+	switch {
+	case errors.Is(err, statebackend.ErrNotFound):
+	case errors.Is(err, statebackend.ErrClosed):
+		res.Error = subjects.Errorf(subjects.CodeUnavailable, "task %d of %s is stopping", t.ref.Task, t.ref.Job)
+	case err != nil:
+		res.Error = subjects.Errorf(subjects.CodeInternal, "read state: %v", err)
+	default:
+		res.Found, res.Value = true, asJSON(v)
+	}
+	respond(msg, &res)
+}
+
+// startSeq returns the stream sequence to consume from: the lowest applied
+// mark of the task's groups plus one, or 0 if no group has one (consume
+// everything).
+func (t *task) startSeq() uint64 {
+	start := uint64(0)
+	for g := t.rng.Start; g <= t.rng.End; g++ {
+		a := t.be.Applied(g)
+		if a == 0 {
+			return 0
+		}
+		if start == 0 || a+1 < start {
+			start = a + 1
+		}
+	}
+	return start
+}
+
+// consume starts an ordered consumer of the task's key groups and a reader
+// goroutine that hands its messages to the task goroutine in stream order.
+//
+// The ordered consumer is what keeps the input gapless: it checks every
+// delivery's consumer sequence and, on a gap, a missed heartbeat or a
+// reconnect, recreates itself from the stream sequence after the last
+// message it handed over. Messages handed over are in the task's memory
+// (the channel, then the batch), so nothing is skipped; and whatever is
+// delivered twice (after a restore) is skipped by the applied marks.
+func (t *task) consume() (<-chan jetstream.Msg, <-chan error, func(), error) {
+	js, err := jetstream.New(t.w.nc)
+	if err != nil {
+		return nil, nil, nil, subjects.Errorf(subjects.CodeInternal, "jetstream: %v", err)
+	}
+	var filters []string
+	if !t.w.cfg.UnfilteredInput {
+		filters = subjects.KeyGroupFilters(t.rng, t.m)
+	}
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects: filters,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		NamePrefix:     fmt.Sprintf("flotilla_%s_%d_%d", t.ref.Job, t.ref.Task, t.ref.Attempt),
+	}
+	if seq := t.startSeq(); seq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq
+	}
+	stream := t.spec.Source.Stream
+	cctx, cancel := context.WithTimeout(t.ctx, 30*time.Second)
+	defer cancel()
+	var cons jetstream.Consumer
+	var it jetstream.MessagesContext
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+		cons, err = js.OrderedConsumer(cctx, stream, cfg)
+		if err == nil {
+			it, err = cons.Messages(jetstream.PullMaxMessages(2 * t.w.cfg.BatchSize))
+		}
+		if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) {
+			break
+		}
+		select {
+		case <-cctx.Done():
+		case <-time.After(backoff):
+			continue
+		}
+		break
+	}
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, nil, nil, subjects.Errorf(subjects.CodeUnknownJob, "source stream %q of job %s does not exist", stream, t.ref.Job)
+		}
+		if cause := context.Cause(t.ctx); cause != nil {
+			return nil, nil, nil, cause
+		}
+		return nil, nil, nil, subjects.Errorf(subjects.CodeStorageUnavailable, "consume stream %q: %v", stream, err)
+	}
+	msgs := make(chan jetstream.Msg, t.w.cfg.BatchSize)
+	errc := make(chan error, 1)
+	readerDone := make(chan struct{})
+	rctx, rcancel := context.WithCancel(t.ctx)
+	go func() {
+		defer close(readerDone)
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					errc <- err
+				}
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-rctx.Done():
+				return
+			}
+		}
+	}()
+	stop := func() {
+		rcancel()
+		it.Stop()
+		<-readerDone
+		if info := cons.CachedInfo(); info != nil {
+			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = js.DeleteConsumer(dctx, stream, info.Name)
+			cancel()
+		}
+	}
+	return msgs, errc, stop, nil
+}
+
+// loop applies input events in batches and serves checkpoint messages
+// between batches, until the task is stopped or fails.
+func (t *task) loop(msgs <-chan jetstream.Msg, inputErr <-chan error) error {
+	flush := time.NewTimer(time.Hour)
+	flush.Stop()
+	armed := false
+	for {
+		select {
+		case <-t.ctx.Done():
+			return context.Cause(t.ctx)
+		case err := <-inputErr:
+			return subjects.Errorf(subjects.CodeStorageUnavailable, "input stream %q: %v", t.spec.Source.Stream, err)
+		case <-t.sink.failed:
+			return t.sink.err()
+		case m := <-msgs:
+			if err := t.apply(m); err != nil {
+				return err
+			}
+		more:
+			for t.n < t.w.cfg.BatchSize {
+				select {
+				case m := <-msgs:
+					if err := t.apply(m); err != nil {
+						return err
+					}
+				default:
+					break more
+				}
+			}
+			if t.n >= t.w.cfg.BatchSize {
+				if err := t.commit(); err != nil {
+					return err
+				}
+			} else if !armed {
+				flush.Reset(t.w.cfg.FlushInterval)
+				armed = true
+			}
+			continue
+		case <-flush.C:
+			armed = false
+			if err := t.commit(); err != nil {
+				return err
+			}
+		case m := <-t.ctl:
+			if err := t.control(m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// apply applies one input event to the batch.
+func (t *task) apply(m jetstream.Msg) error {
+	meta, err := m.Metadata()
+	if err != nil {
+		return subjects.Errorf(subjects.CodeInternal, "input message without JetStream metadata: %v", err)
+	}
+	seq := meta.Sequence.Stream
+	t.position = max(t.position, seq)
+	g, orig, err := subjects.ParseKeyedSubject(m.Subject())
+	if err != nil {
+		t.bad("event with a malformed subject", m.Subject(), seq, err)
+		return nil
+	}
+	if !t.rng.Contains(g) {
+		return nil // another task's (Config.UnfilteredInput)
+	}
+	if seq <= t.batch.Applied(g) {
+		return nil // applied before: a replay after a restore or a consumer reset
+	}
+	t.n++
+	key, err := subjects.KeyToken(orig, t.spec.Source.Key.SubjectToken)
+	if err == nil {
+		if kg := keygroup.Of([]byte(key), t.m); kg != g {
+			err = fmt.Errorf("key %q is in key group %d, the stream filed it under %d", key, kg, g)
+		}
+	}
+	if err != nil {
+		t.bad("event without a usable key", m.Subject(), seq, err)
+		return t.setApplied(g, seq)
+	}
+	t.octx.reset([]byte(key))
+	ev := Event{Key: key, Subject: orig, Data: m.Data(), Time: meta.Timestamp, Group: g, Seq: seq}
+	if err := t.op.Process(&t.octx, ev); err != nil {
+		if !errors.Is(err, ErrBadEvent) {
+			return subjects.Errorf(subjects.CodeInternal, "operator %s at stream sequence %d: %v", t.spec.Operator.Type, seq, err)
+		}
+		t.bad("event the operator cannot use", m.Subject(), seq, err)
+		return t.setApplied(g, seq)
+	}
+	for i, out := range t.octx.emits {
+		t.pending = append(t.pending, output{id: subjects.OutputMsgID(t.ref.Job, g, seq, i), data: out})
+	}
+	return t.setApplied(g, seq)
+}
+
+func (t *task) setApplied(g int, seq uint64) error {
+	if err := t.batch.SetApplied(g, seq); err != nil {
+		return subjects.Errorf(subjects.CodeInternal, "%v", err)
+	}
+	return nil
+}
+
+// bad logs a skipped event, sparingly.
+func (t *task) bad(what, subject string, seq uint64, err error) {
+	t.badEvents++
+	if t.badEvents <= 10 || t.badEvents%1000 == 0 {
+		t.log.Warn("skipping "+what, "subject", subject, "seq", seq, "err", err, "skipped", t.badEvents)
+	}
+}
+
+// markPosition raises the applied mark of every owned group to the input
+// position. That is sound because the input is gapless from the lowest
+// applied mark on: every event of the task's groups up to the position has
+// been applied (or skipped as applied before). It keeps a group without
+// recent events from holding a restore's replay back to its old mark (or,
+// for a group that never had an event, to the start of the stream).
+func (t *task) markPosition() error {
+	for g := t.rng.Start; g <= t.rng.End; g++ {
+		if t.batch.Applied(g) < t.position {
+			if err := t.setApplied(g, t.position); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// commit commits the batch, then publishes its outputs: an output is never
+// published before the state change it reports is committed.
+func (t *task) commit() error {
+	if err := t.batch.Commit(); err != nil {
+		return subjects.Errorf(subjects.CodeInternal, "commit state: %v", err)
+	}
+	for i, o := range t.pending {
+		if err := t.sink.publish(t.ctx, o.id, o.data); err != nil {
+			return err
+		}
+		t.pending[i] = output{}
+	}
+	t.pending = t.pending[:0]
+	t.n = 0
+	return nil
+}
