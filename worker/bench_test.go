@@ -35,7 +35,7 @@ func benchCatchUp(b *testing.B, unfiltered bool, n, keys int) {
 	opts.SyncAlways = false // measure the worker, not the disk
 	s := testutil.RunNATSWithOptions(b, opts)
 	c := startCoord(b, s, 1)
-	w := testWorker(b, s, Config{Slots: 2, UnfilteredInput: unfiltered})
+	w := testWorker(b, s, Config{Slots: 2, FilterBelowShare: shareFor(unfiltered)})
 	j := newTestJob(b, s, "bench", 2)
 	js, err := jetstream.New(j.nc, jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {

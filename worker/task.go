@@ -342,7 +342,7 @@ func (t *task) consume() (<-chan jetstream.Msg, <-chan error, func(), error) {
 		return nil, nil, nil, subjects.Errorf(subjects.CodeInternal, "jetstream: %v", err)
 	}
 	var filters []string
-	if !t.w.cfg.UnfilteredInput {
+	if float64(t.rng.Len()) < t.w.cfg.FilterBelowShare*float64(t.m) {
 		filters = subjects.KeyGroupFilters(t.rng, t.m)
 	}
 	cfg := jetstream.OrderedConsumerConfig{
@@ -481,7 +481,7 @@ func (t *task) apply(m jetstream.Msg) error {
 		return nil
 	}
 	if !t.rng.Contains(g) {
-		return nil // another task's (Config.UnfilteredInput)
+		return nil // another task's (an unfiltered read; Config.FilterBelowShare)
 	}
 	if seq <= t.batch.Applied(g) {
 		return nil // applied before: a replay after a restore or a consumer reset

@@ -32,7 +32,7 @@ func TestCountOwnGroupsOnly(t *testing.T) {
 func testCountOwnGroupsOnly(t *testing.T, unfiltered bool) {
 	s := testutil.RunNATS(t)
 	c := startCoord(t, s, 1)
-	w := testWorker(t, s, Config{BatchSize: 64, UnfilteredInput: unfiltered})
+	w := testWorker(t, s, Config{BatchSize: 64, FilterBelowShare: shareFor(unfiltered)})
 	j := newTestJob(t, s, "clicks", 2)
 	j.publish(t, 300)
 	ref := j.deploy(c, w, 0, 1, nil) // task 1 is not deployed
@@ -301,4 +301,13 @@ func TestTaskFailuresAreCoded(t *testing.T) {
 			t.Errorf("slot %+v", sl)
 		}
 	}
+}
+
+// shareFor returns the FilterBelowShare that forces an unfiltered read
+// (above 1) or a filtered one (1).
+func shareFor(unfiltered bool) float64 {
+	if unfiltered {
+		return 2
+	}
+	return 1
 }

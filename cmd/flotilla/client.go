@@ -67,6 +67,12 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return usageErr("flotilla job submit|list|status|cancel ...")
 	}
 	sub, args := args[0], args[1:]
+	switch sub {
+	case "stop":
+		return runStop(ctx, args, stdout, stderr)
+	case "rescale":
+		return runRescale(ctx, args, stdout, stderr)
+	}
 	cc := newClientCmd("job "+sub, stderr)
 	switch sub {
 	case "submit":
@@ -136,7 +142,7 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		return printJob(stdout, info, cc.json)
 	}
-	return usageErr("unknown job command %q (submit, list, status, cancel)", sub)
+	return usageErr("unknown job command %q (submit, list, status, cancel, stop, rescale)", sub)
 }
 
 func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {

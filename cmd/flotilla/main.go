@@ -25,8 +25,17 @@ Usage:
   flotilla job list
   flotilla job status JOB
   flotilla job cancel JOB
+  flotilla job stop JOB [--savepoint]   take a savepoint, then stop (stays running if it fails)
+  flotilla job rescale JOB P            stop with a savepoint and resubmit at parallelism P
+  flotilla savepoint JOB [--wait] [--format canonical|native] [--target LOCATION]
+  flotilla savepoint delete LOCATION
+  flotilla savepoints JOB               list savepoints
+  flotilla checkpoints JOB [--tasks]    retained checkpoints and their statistics
   flotilla workers                      list registered workers
   flotilla state get JOB KEY            a key's current value
+
+A savepoint can also be triggered with a plain NATS message:
+  nats pub flotilla.trigger.savepoint.JOB ''     (nats req ... to get the outcome)
 
 Every command takes --help. Connection settings come from flags or the
 environment: NATS_URL, NATS_CREDS, NATS_USER/NATS_PASSWORD, NATS_TOKEN,
@@ -61,6 +70,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runWorkers(ctx, rest, stdout, stderr)
 	case "state":
 		err = runState(ctx, rest, stdout, stderr)
+	case "savepoint":
+		err = runSavepoint(ctx, rest, stdout, stderr)
+	case "savepoints", "checkpoints":
+		err = runCheckpointList(ctx, cmd, rest, stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "flotilla: unknown command %q\n\n%s", cmd, usage)
 		return 2
