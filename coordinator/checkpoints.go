@@ -46,12 +46,15 @@ func (c *Coordinator) doCC(job string, acts []checkpoint.Action, now time.Time) 
 		case checkpoint.Commit:
 			r := a.Record
 			go func() {
+				var err error
 				if c.cfg.BeforeCommit != nil {
-					c.cfg.BeforeCommit(r)
+					err = c.cfg.BeforeCommit(r)
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
-				err := c.ckpts.commit(ctx, r)
-				cancel()
+				if err == nil {
+					ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+					err = c.ckpts.commit(ctx, r)
+					cancel()
+				}
 				c.enqueue(func(now time.Time) {
 					if e := c.jobs[job]; e != nil && e.cc != nil {
 						c.doCC(job, e.cc.Committed(r.ID, err, now), now)

@@ -53,9 +53,10 @@ type Config struct {
 	OrphanSweepInterval time.Duration
 
 	// BeforeCommit, if set, is called before each checkpoint record is
-	// committed to JetStream. It exists for fault-injection tests (e.g. to
-	// stop the coordinator between "all acked" and "committed").
-	BeforeCommit func(subjects.CheckpointRecord)
+	// committed to JetStream; an error skips the commit as if it had failed.
+	// It exists for fault-injection tests (e.g. a coordinator that dies
+	// between "all acked" and "committed").
+	BeforeCommit func(subjects.CheckpointRecord) error
 }
 
 // Coordinator is a running coordinator. Create it with New, then Run.

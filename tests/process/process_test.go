@@ -52,27 +52,52 @@ func flotillaBinary(t *testing.T) string {
 }
 
 type proc struct {
-	cmd *exec.Cmd
-	out *bytes.Buffer
+	t    *testing.T
+	name string
+	args []string
+	env  []string
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+}
+
+// startProc starts the flotilla binary with args; it is killed when the
+// test ends, and its output is logged if the test failed.
+func startProc(t *testing.T, name string, env []string, args ...string) *proc {
+	p := &proc{t: t, name: name, args: args, env: env}
+	p.start()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("%s output:\n%s", name, p.out.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) start() {
+	p.cmd = exec.Command(flotillaBinary(p.t), p.args...)
+	p.cmd.Env = append(os.Environ(), p.env...)
+	if p.out == nil {
+		p.out = &bytes.Buffer{}
+	}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// kill sends SIGKILL and reaps the process.
+func (p *proc) kill() {
+	if p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		_ = p.cmd.Wait()
+	}
 }
 
 // startWorker starts `flotilla worker` as a process.
 func startWorker(t *testing.T, natsURL, store, name, dataDir string) *proc {
-	cmd := exec.Command(flotillaBinary(t), "worker", "-nats", natsURL, "-store", store, "-name", name, "-data", dataDir, "-slots", "1", "-log-level", "warn")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, out: &out}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("worker %s output:\n%s", name, out.String())
-		}
-	})
-	return p
+	return startProc(t, "worker "+name, nil, "worker", "-nats", natsURL, "-store", store, "-name", name,
+		"-data", dataDir, "-slots", "1", "-log-level", "warn")
 }
 
 func TestKilledWorkerProcess(t *testing.T) {
@@ -126,9 +151,7 @@ func TestKilledWorkerProcess(t *testing.T) {
 	publish(500)
 	// A spare worker, then SIGKILL p1 while events keep arriving.
 	startWorker(t, srv.ClientURL(), loc, "p3", t.TempDir())
-	if err := w1.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
+	w1.kill()
 	publish(500)
 	testutil.CheckFor(t, 60*time.Second, 200*time.Millisecond, func() error {
 		info, err := api.Status(ctx, "clicks")

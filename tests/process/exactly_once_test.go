@@ -1,0 +1,156 @@
+package process
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"flotilla/coordinator/client"
+	"flotilla/internal/testutil"
+	"flotilla/subjects"
+)
+
+// TestExactlyOnceUnderKills runs a count job over a known event stream
+// while worker processes, and then the coordinator process, are killed
+// with SIGKILL at seeded random moments (while processing and while
+// uploading checkpoints every 300 ms) and restarted. At the end every
+// key's count equals the ground truth, and the deduplicating sink stream
+// holds exactly one output per event.
+//
+// FLOTILLA_CHAOS_SEED picks another schedule.
+func TestExactlyOnceUnderKills(t *testing.T) {
+	seed := uint64(1)
+	if s := os.Getenv("FLOTILLA_CHAOS_SEED"); s != "" {
+		seed, _ = strconv.ParseUint(s, 10, 64)
+	}
+	t.Logf("seed %d", seed)
+	r := rand.New(rand.NewPCG(seed, 99))
+
+	srv := testutil.RunNATS(t)
+	m := testutil.RunMinIO(t)
+	env := []string{"AWS_ACCESS_KEY_ID=" + m.AccessKey, "AWS_SECRET_ACCESS_KEY=" + m.SecretKey}
+	store := m.Location("flotilla", "chaos")
+	url := srv.ClientURL()
+
+	coord := startProc(t, "coordinator", env, "coordinator", "-nats", url, "-store", store, "-log-level", "warn",
+		"-heartbeat-interval", "200ms", "-heartbeat-timeout", "1s")
+	var workers []*proc
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("p%d", i)
+		workers = append(workers, startProc(t, "worker "+name, env, "worker", "-nats", url, "-store", store,
+			"-name", name, "-data", t.TempDir(), "-slots", "2", "-log-level", "warn"))
+	}
+	nc := testutil.Connect(t, srv)
+	api := client.New(nc, subjects.Namespace{})
+	ctx := context.Background()
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		ws, err := api.Workers(ctx)
+		if err == nil && len(ws) != 3 {
+			err = fmt.Errorf("%d workers", len(ws))
+		}
+		return err
+	})
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "COUNTS", Subjects: []string{"counts.>"},
+		Duplicates: 10 * time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	spec := subjects.JobSpec{Name: "clicks", Parallelism: 3,
+		Source:     subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
+		Operator:   subjects.OperatorSpec{Type: "count"},
+		Sink:       subjects.SinkSpec{Subject: "counts.clicks"},
+		Checkpoint: subjects.CheckpointSpec{Interval: subjects.Duration(300 * time.Millisecond), Retained: 3},
+		Restart:    subjects.RestartSpec{InitialDelay: subjects.Duration(200 * time.Millisecond), MaxDelay: subjects.Duration(2 * time.Second)}}
+	if _, err := api.Submit(ctx, spec, 0, ""); err != nil {
+		t.Fatal(err)
+	}
+
+	// The publisher: a steady stream of events with a known ground truth.
+	const events, keys = 12000, 200
+	truth := map[string]int64{}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pr := rand.New(rand.NewPCG(seed, 1))
+		for i := 0; i < events; i++ {
+			k := "k" + strconv.Itoa(pr.IntN(keys))
+			truth[k]++
+			if _, err := js.PublishAsync("clicks."+k, []byte(`{}`)); err != nil {
+				t.Error(err)
+				return
+			}
+			if i%200 == 199 {
+				<-js.PublishAsyncComplete()
+				time.Sleep(40 * time.Millisecond)
+			}
+		}
+		<-js.PublishAsyncComplete()
+	}()
+
+	// The faults: workers killed and restarted (same name, same data dir),
+	// then the coordinator.
+	faults := 0
+	for round := 0; round < 6; round++ {
+		time.Sleep(time.Duration(300+r.IntN(900)) * time.Millisecond)
+		w := workers[r.IntN(len(workers))]
+		t.Logf("kill -9 %s", w.name)
+		w.kill()
+		faults++
+		time.Sleep(time.Duration(r.IntN(1500)) * time.Millisecond)
+		w.start()
+	}
+	time.Sleep(time.Duration(200+r.IntN(800)) * time.Millisecond)
+	t.Log("kill -9 coordinator")
+	coord.kill()
+	faults++
+	time.Sleep(time.Duration(r.IntN(1000)) * time.Millisecond)
+	coord.start()
+	time.Sleep(time.Duration(500+r.IntN(1000)) * time.Millisecond)
+	w := workers[r.IntN(len(workers))]
+	t.Logf("kill -9 %s", w.name)
+	w.kill()
+	faults++
+	w.start()
+	wg.Wait()
+
+	testutil.CheckFor(t, 2*time.Minute, 250*time.Millisecond, func() error {
+		for k, want := range truth {
+			res, err := api.State(ctx, "clicks", k)
+			if err != nil {
+				return err
+			}
+			var got int64
+			if err := json.Unmarshal(res.Value, &got); err != nil || got != want {
+				return fmt.Errorf("key %s: state %s, want %d", k, res.Value, want)
+			}
+		}
+		return nil
+	})
+	testutil.CheckFor(t, 30*time.Second, 250*time.Millisecond, func() error {
+		st, err := js.Stream(ctx, "COUNTS")
+		if err != nil {
+			return err
+		}
+		if got := st.CachedInfo().State.Msgs; got != events {
+			return fmt.Errorf("sink holds %d outputs, want exactly %d", got, events)
+		}
+		return nil
+	})
+	info, err := api.Status(ctx, "clicks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("faults injected %d, latest checkpoint %d, keys checked %d, lost 0, duplicated 0", faults, info.LatestCheckpoint, len(truth))
+}
