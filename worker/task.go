@@ -174,7 +174,7 @@ func (t *task) execute() (err error) {
 
 	t.batch = t.be.NewBatch()
 	defer func() { _ = t.batch.Close() }()
-	t.octx.st = t.batch
+	t.octx.st = newValueCache(t.batch, DefaultValueCacheEntries)
 
 	t.w.taskStateChanged(t, subjects.TaskRunning, nil)
 	t.log.Info("task running", "range", t.rng.String(), "restored", len(t.restore) > 0)
