@@ -33,15 +33,37 @@ func newClientCmd(name string, stderr io.Writer) *clientCmd {
 	return cc
 }
 
-// parse parses args and checks the positional argument count.
+// parse parses args, flags before or after the positional arguments, and
+// checks the positional argument count.
 func (cc *clientCmd) parse(args []string, positional ...string) ([]string, error) {
-	if err := cc.fs.Parse(args); err != nil {
+	pos, err := parseInterspersed(cc.fs, args)
+	if err != nil {
 		return nil, err
 	}
-	if cc.fs.NArg() != len(positional) {
+	if len(pos) != len(positional) {
 		return nil, usageErr("flotilla %s %s", cc.name, strings.Join(positional, " "))
 	}
-	return cc.fs.Args(), nil
+	return pos, nil
+}
+
+// parseInterspersed parses fs's flags wherever they stand among args and
+// returns the positional arguments ("--" ends the flags).
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
 }
 
 func (cc *clientCmd) client() (*client.Client, func(), error) {
