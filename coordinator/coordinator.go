@@ -270,7 +270,7 @@ func (c *Coordinator) run(ctx context.Context) error {
 				e := c.jobs[name]
 				c.doJM(name, e.jm.Tick(now), now)
 				if e.cc != nil && !e.jm.State().Terminal() {
-					c.doCC(name, e.cc.Tick(now, checkpointTasks(e.jm.RunningAttempts())), now)
+					c.doCC(name, e.cc.Tick(now, checkpointTasks(e.jm)), now)
 				}
 			}
 			if now.Sub(c.lastSweep) >= c.cfg.OrphanSweepInterval {
@@ -294,13 +294,17 @@ func (c *Coordinator) startJob(r jobRecord, cps runCheckpoints, now time.Time) {
 	c.doJM(r.Spec.Name, jm.Start(now), now)
 }
 
-func checkpointTasks(attempts []uint64) []checkpoint.Task {
+// checkpointTasks returns every task's current attempt and the worker it
+// was deployed to when all tasks run, nil otherwise.
+func checkpointTasks(jm *jobmaster.Master) []checkpoint.Task {
+	attempts := jm.RunningAttempts()
 	if attempts == nil {
 		return nil
 	}
+	info := jm.Info()
 	out := make([]checkpoint.Task, len(attempts))
 	for i, a := range attempts {
-		out[i] = checkpoint.Task{Task: i, Attempt: a}
+		out[i] = checkpoint.Task{Task: i, Attempt: a, Worker: info.Tasks[i].Worker}
 	}
 	return out
 }

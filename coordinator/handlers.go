@@ -447,16 +447,27 @@ func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
-	defer cancel()
-	jc, _, err := c.ckpts.load(ctx, req.Job)
-	if err != nil {
-		respond(microResponder{r}, &subjects.CheckpointList{Error: subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err)})
-		return
-	}
-	list := jc.checkpoints
-	if savepoints {
-		list = jc.savepoints
+	// A job this coordinator runs answers from its checkpoint coordinator,
+	// which decides retention (JetStream lags while subsumed records are
+	// being deleted); other jobs from JetStream.
+	list := call(c, func(time.Time) []subjects.CheckpointRecord {
+		if e := c.jobs[req.Job]; e != nil && e.cc != nil && !savepoints {
+			return append([]subjects.CheckpointRecord{}, e.cc.Retained()...)
+		}
+		return nil
+	})
+	if list == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+		defer cancel()
+		jc, _, err := c.ckpts.load(ctx, req.Job)
+		if err != nil {
+			respond(microResponder{r}, &subjects.CheckpointList{Error: subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err)})
+			return
+		}
+		list = jc.checkpoints
+		if savepoints {
+			list = jc.savepoints
+		}
 	}
 	out := subjects.CheckpointList{Checkpoints: []subjects.CheckpointRecord{}}
 	for _, rec := range list {

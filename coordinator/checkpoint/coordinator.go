@@ -118,6 +118,9 @@ func SavepointLocation(dir, job string, id uint64) string {
 type Task struct {
 	Task    int
 	Attempt uint64
+	// Worker is the worker the attempt was deployed to: only it may ack or
+	// decline the attempt's checkpoints.
+	Worker string
 }
 
 // SavepointRequest asks for a savepoint.
@@ -153,6 +156,7 @@ type pending struct {
 	location  string
 	triggered time.Time
 	attempts  map[int]uint64 // task -> attempt that got the barrier
+	workers   map[int]string // task -> worker running that attempt
 	acks      map[int]subjects.TaskCheckpoint
 	phase     phase
 	sp        *savepointReq
@@ -262,9 +266,10 @@ func (c *Coordinator) trigger(kind subjects.CheckpointKind, format statebackend.
 	id := c.nextID
 	c.nextID++
 	p := &pending{id: id, kind: kind, format: format, location: location, triggered: now, sp: sp,
-		attempts: map[int]uint64{}, acks: map[int]subjects.TaskCheckpoint{}}
+		attempts: map[int]uint64{}, workers: map[int]string{}, acks: map[int]subjects.TaskCheckpoint{}}
 	for _, t := range tasks {
 		p.attempts[t.Task] = t.Attempt
+		p.workers[t.Task] = t.Worker
 	}
 	c.pending[id] = p
 	if kind == subjects.KindCheckpoint {
@@ -279,8 +284,9 @@ func (c *Coordinator) trigger(kind subjects.CheckpointKind, format statebackend.
 }
 
 // Ack records a task's ack. Acks for unknown, aborted or completed
-// checkpoints, from attempts that did not get the barrier, for the wrong
-// key groups, and duplicates are ignored.
+// checkpoints, from attempts that did not get the barrier or from a worker
+// other than the one the attempt was deployed to, with a handle of the
+// wrong format, and duplicates are ignored.
 func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 	p := c.pending[a.Checkpoint]
 	switch {
@@ -290,6 +296,8 @@ func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 		return nil, fmt.Sprintf("late ack for checkpoint %d", a.Checkpoint)
 	case p.attempts[a.Task] != a.Attempt || a.Job != c.cfg.Job:
 		return nil, fmt.Sprintf("ack for checkpoint %d from task %d attempt %d, which did not get its barrier", a.Checkpoint, a.Task, a.Attempt)
+	case p.workers[a.Task] != a.Worker:
+		return nil, fmt.Sprintf("ack for checkpoint %d from task %d attempt %d on worker %s; the attempt runs on %s", a.Checkpoint, a.Task, a.Attempt, a.Worker, p.workers[a.Task])
 	case a.Handle.Format != p.format:
 		return nil, fmt.Sprintf("ack for checkpoint %d with a %s handle, want %s", a.Checkpoint, a.Handle.Format, p.format)
 	}
@@ -313,10 +321,11 @@ func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 	return []Action{WriteMetadata{Record: r}}, ""
 }
 
-// Decline aborts the checkpoint a task declined.
+// Decline aborts the checkpoint a task declined. Like acks, declines count
+// only from the attempt that got the barrier, on the worker it runs on.
 func (c *Coordinator) Decline(d *subjects.Decline, now time.Time) []Action {
 	p := c.pending[d.Checkpoint]
-	if p == nil || p.phase != collecting || p.attempts[d.Task] != d.Attempt {
+	if p == nil || p.phase != collecting || p.attempts[d.Task] != d.Attempt || p.workers[d.Task] != d.Worker {
 		return nil
 	}
 	return c.abort(p, subjects.Errorf(subjects.CodeCheckpointDeclined, "task %d declined %s %d: %s", d.Task, p.kind, p.id, d.Reason.Message), true, now)

@@ -17,9 +17,9 @@ import (
 // TestScenarios runs the trace scenarios in testdata/. Commands:
 //
 //	new parallelism=2 [interval=10s] [timeout=1m] [tolerable=0] [retained=2] [retries=1] [highest=N]
-//	tick 10s [running]            advance the clock; "running" = every task runs (attempt 1)
-//	ack 3 task=0 [attempt=1] [files=a,b]
-//	decline 3 task=0
+//	tick 10s [running]            advance the clock; "running" = every task runs (attempt 1, on worker w)
+//	ack 3 task=0 [attempt=1] [worker=w] [files=a,b]
+//	decline 3 task=0 [worker=w]
 //	metadata 3 [err]              the metadata write finished
 //	commit 3 [err]                the JetStream commit finished
 //	task-failed 0
@@ -80,7 +80,7 @@ func TestScenarios(t *testing.T) {
 				var tasks []Task
 				if arg("running") != "" {
 					for i := 0; i < cfg.Parallelism; i++ {
-						tasks = append(tasks, Task{Task: i, Attempt: 1})
+						tasks = append(tasks, Task{Task: i, Attempt: 1, Worker: "w"})
 					}
 				}
 				return fmt.Sprintf("t=%s\n", now.Sub(start)) + format(c.Tick(now, tasks))
@@ -101,7 +101,11 @@ func TestScenarios(t *testing.T) {
 						files = append(files, "clicks/shared/"+x)
 					}
 				}
-				acts, ignored := c.Ack(&subjects.Ack{Worker: "w", Checkpoint: id(),
+				worker := "w"
+				if w := arg("worker"); w != "" {
+					worker = w
+				}
+				acts, ignored := c.Ack(&subjects.Ack{Worker: worker, Checkpoint: id(),
 					TaskRef: subjects.TaskRef{Job: "clicks", Task: task, Attempt: attempt},
 					Handle: statebackend.Handle{Version: 1, Format: format_, Manifest: manifest, Files: files, Size: 10, Uploaded: 5,
 						Range: keygroup.ForTask(task, cfg.Parallelism, 8)}}, now)
@@ -110,7 +114,11 @@ func TestScenarios(t *testing.T) {
 				}
 				return format(acts)
 			case "decline":
-				return format(c.Decline(&subjects.Decline{Worker: "w", Checkpoint: id(),
+				worker := "w"
+				if w := arg("worker"); w != "" {
+					worker = w
+				}
+				return format(c.Decline(&subjects.Decline{Worker: worker, Checkpoint: id(),
 					TaskRef: subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: 1},
 					Reason:  subjects.Errorf(subjects.CodeStorageUnavailable, "s3 down")}, now))
 			case "metadata", "commit":
