@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"flotilla/coordinator/client"
 	"flotilla/subjects"
 )
 
@@ -19,20 +20,13 @@ import (
 func runSavepoint(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "delete" {
 		cc := newClientCmd("savepoint delete", stderr)
-		pos, err := cc.parse(args[1:], "LOCATION")
-		if err != nil {
-			return err
-		}
-		api, done, err := cc.client()
-		if err != nil {
-			return err
-		}
-		defer done()
-		if err := api.DeleteSavepoint(ctx, pos[0]); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "deleted savepoint %s\n", pos[0])
-		return nil
+		return cc.run(args[1:], []string{"LOCATION"}, func(api *client.Client, pos []string) error {
+			if err := api.DeleteSavepoint(ctx, pos[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "deleted savepoint %s\n", pos[0])
+			return nil
+		})
 	}
 	cc := newClientCmd("savepoint", stderr)
 	wait := cc.fs.Bool("wait", false, "show progress (tasks acked, bytes uploaded) until the savepoint completes")
@@ -138,32 +132,29 @@ func human(n int64) string {
 func runCheckpointList(ctx context.Context, which string, args []string, stdout, stderr io.Writer) error {
 	cc := newClientCmd(which, stderr)
 	tasks := cc.fs.Bool("tasks", false, "show per-task statistics")
-	pos, err := cc.parse(args, "JOB")
-	if err != nil {
-		return err
-	}
-	api, done, err := cc.client()
-	if err != nil {
-		return err
-	}
-	defer done()
-	list := api.Checkpoints
-	if which == "savepoints" {
-		list = api.Savepoints
-	}
-	recs, err := list(ctx, pos[0])
-	if err != nil {
-		return err
-	}
-	if cc.json {
-		return printJSON(stdout, recs)
-	}
+	return cc.run(args, []string{"JOB"}, func(api *client.Client, pos []string) error {
+		list := api.Checkpoints
+		if which == "savepoints" {
+			list = api.Savepoints
+		}
+		recs, err := list(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		if cc.json {
+			return printJSON(stdout, recs)
+		}
+		return printCheckpoints(stdout, recs, *tasks)
+	})
+}
+
+func printCheckpoints(stdout io.Writer, recs []subjects.CheckpointRecord, tasks bool) error {
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tKIND\tFORMAT\tTRIGGERED\tDURATION\tSIZE\tUPLOADED\tTASKS\tLOCATION")
 	for _, r := range recs {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.ID, r.Kind, r.Format, r.Triggered.Local().Format(time.DateTime),
 			r.Completed.Sub(r.Triggered).Round(time.Millisecond), human(r.Size), human(r.Uploaded), len(r.Tasks), r.Location)
-		if *tasks {
+		if tasks {
 			for _, t := range r.Tasks {
 				fmt.Fprintf(tw, "\t  task %d\t%s\tsync %s\tasync %s\t%s\t%s\t%s\t%s\n", t.Task, t.Handle.Range, t.Sync.D(), t.Async.D(),
 					human(t.Handle.Size), human(t.Handle.Uploaded), t.Worker, t.Handle.Manifest)
@@ -177,50 +168,36 @@ func runCheckpointList(ctx context.Context, which string, args []string, stdout,
 func runStop(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cc := newClientCmd("job stop", stderr)
 	withSavepoint := cc.fs.Bool("savepoint", true, "take a savepoint first (the job stops only if it succeeds)")
-	pos, err := cc.parse(args, "JOB")
-	if err != nil {
-		return err
-	}
-	api, done, err := cc.client()
-	if err != nil {
-		return err
-	}
-	defer done()
-	if !*withSavepoint {
-		info, err := api.Cancel(ctx, pos[0])
-		if err != nil {
-			return err
+	return cc.run(args, []string{"JOB"}, func(api *client.Client, pos []string) error {
+		if !*withSavepoint {
+			info, err := api.Cancel(ctx, pos[0])
+			if err != nil {
+				return err
+			}
+			return printJob(stdout, info, cc.json)
 		}
-		return printJob(stdout, info, cc.json)
-	}
-	res, err := api.Stop(ctx, pos[0])
-	if err != nil {
-		return fmt.Errorf("job %s keeps running: %w", pos[0], err)
-	}
-	fmt.Fprintf(stdout, "job %s stopped with savepoint %s\n", pos[0], res.Location)
-	return nil
+		res, err := api.Stop(ctx, pos[0])
+		if err != nil {
+			return fmt.Errorf("job %s keeps running: %w", pos[0], err)
+		}
+		fmt.Fprintf(stdout, "job %s stopped with savepoint %s\n", pos[0], res.Location)
+		return nil
+	})
 }
 
 // runRescale is `flotilla job rescale JOB P`.
 func runRescale(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cc := newClientCmd("job rescale", stderr)
-	pos, err := cc.parse(args, "JOB", "PARALLELISM")
-	if err != nil {
-		return err
-	}
-	p, err := strconv.Atoi(pos[1])
-	if err != nil || p < 1 {
-		return usageErr("parallelism %q must be a positive number", pos[1])
-	}
-	api, done, err := cc.client()
-	if err != nil {
-		return err
-	}
-	defer done()
-	res, err := api.Rescale(ctx, pos[0], p)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "job %s rescaled to %d through savepoint %s\n", pos[0], p, res.Location)
-	return nil
+	return cc.run(args, []string{"JOB", "PARALLELISM"}, func(api *client.Client, pos []string) error {
+		p, err := strconv.Atoi(pos[1])
+		if err != nil || p < 1 {
+			return usageErr("parallelism %q must be a positive number", pos[1])
+		}
+		res, err := api.Rescale(ctx, pos[0], p)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "job %s rescaled to %d through savepoint %s\n", pos[0], p, res.Location)
+		return nil
+	})
 }

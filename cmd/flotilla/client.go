@@ -78,6 +78,21 @@ func (cc *clientCmd) client() (*client.Client, func(), error) {
 	return client.New(nc, ns), nc.Close, nil
 }
 
+// run parses args for the positional arguments named, connects, and calls
+// f with the API client and the positional arguments.
+func (cc *clientCmd) run(args []string, positional []string, f func(api *client.Client, pos []string) error) error {
+	pos, err := cc.parse(args, positional...)
+	if err != nil {
+		return err
+	}
+	api, done, err := cc.client()
+	if err != nil {
+		return err
+	}
+	defer done()
+	return f(api, pos)
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -86,7 +101,7 @@ func printJSON(w io.Writer, v any) error {
 
 func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageErr("flotilla job submit|list|status|cancel ...")
+		return usageErr("flotilla job submit|list|status|cancel|stop|rescale ...")
 	}
 	sub, args := args[0], args[1:]
 	switch sub {
@@ -100,69 +115,49 @@ func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	case "submit":
 		parallelism := cc.fs.Int("parallelism", 0, "parallelism (overrides the spec's)")
 		from := cc.fs.String("from-savepoint", "", "savepoint or checkpoint location to restore from")
-		pos, err := cc.parse(args, "FILE")
-		if err != nil {
-			return err
-		}
-		data, err := os.ReadFile(pos[0])
-		if err != nil {
-			return err
-		}
-		spec, err := subjects.ParseJobSpec(data)
-		if err != nil {
-			return err
-		}
-		api, done, err := cc.client()
-		if err != nil {
-			return err
-		}
-		defer done()
-		info, err := api.Submit(ctx, spec, *parallelism, *from)
-		if err != nil {
-			return err
-		}
-		return printJob(stdout, info, cc.json)
+		return cc.run(args, []string{"FILE"}, func(api *client.Client, pos []string) error {
+			data, err := os.ReadFile(pos[0])
+			if err != nil {
+				return err
+			}
+			spec, err := subjects.ParseJobSpec(data)
+			if err != nil {
+				return err
+			}
+			info, err := api.Submit(ctx, spec, *parallelism, *from)
+			if err != nil {
+				return err
+			}
+			return printJob(stdout, info, cc.json)
+		})
 	case "list":
-		if _, err := cc.parse(args); err != nil {
-			return err
-		}
-		api, done, err := cc.client()
-		if err != nil {
-			return err
-		}
-		defer done()
-		jobs, err := api.Jobs(ctx)
-		if err != nil {
-			return err
-		}
-		if cc.json {
-			return printJSON(stdout, jobs)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "JOB\tSTATE\tTASKS\tRESTARTS\tCHECKPOINT")
-		for _, j := range jobs {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\n", j.Job, j.State, len(j.Tasks), j.Restarts, j.LatestCheckpoint)
-		}
-		return tw.Flush()
+		return cc.run(args, nil, func(api *client.Client, _ []string) error {
+			jobs, err := api.Jobs(ctx)
+			if err != nil {
+				return err
+			}
+			if cc.json {
+				return printJSON(stdout, jobs)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "JOB\tSTATE\tTASKS\tRESTARTS\tCHECKPOINT")
+			for _, j := range jobs {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\n", j.Job, j.State, len(j.Tasks), j.Restarts, j.LatestCheckpoint)
+			}
+			return tw.Flush()
+		})
 	case "status", "cancel":
-		pos, err := cc.parse(args, "JOB")
-		if err != nil {
-			return err
-		}
-		api, done, err := cc.client()
-		if err != nil {
-			return err
-		}
-		defer done()
-		call := api.Status
-		if sub == "cancel" {
-			call = api.Cancel
-		}
-		info, err := call(ctx, pos[0])
-		if err != nil {
-			return err
-		}
-		return printJob(stdout, info, cc.json)
+		return cc.run(args, []string{"JOB"}, func(api *client.Client, pos []string) error {
+			call := api.Status
+			if sub == "cancel" {
+				call = api.Cancel
+			}
+			info, err := call(ctx, pos[0])
+			if err != nil {
+				return err
+			}
+			return printJob(stdout, info, cc.json)
+		})
 	}
 	return usageErr("unknown job command %q (submit, list, status, cancel, stop, rescale)", sub)
 }
@@ -182,27 +177,21 @@ func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {
 
 func runWorkers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cc := newClientCmd("workers", stderr)
-	if _, err := cc.parse(args); err != nil {
-		return err
-	}
-	api, done, err := cc.client()
-	if err != nil {
-		return err
-	}
-	defer done()
-	ws, err := api.Workers(ctx)
-	if err != nil {
-		return err
-	}
-	if cc.json {
-		return printJSON(stdout, ws)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKER\tINSTANCE\tHOST\tSLOTS\tFREE\tLAST HEARTBEAT")
-	for _, w := range ws {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s ago\n", w.Worker, w.Instance, w.Host, w.Slots, w.FreeSlots, time.Since(w.LastHeartbeat).Round(time.Millisecond))
-	}
-	return tw.Flush()
+	return cc.run(args, nil, func(api *client.Client, _ []string) error {
+		ws, err := api.Workers(ctx)
+		if err != nil {
+			return err
+		}
+		if cc.json {
+			return printJSON(stdout, ws)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "WORKER\tINSTANCE\tHOST\tSLOTS\tFREE\tLAST HEARTBEAT")
+		for _, w := range ws {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s ago\n", w.Worker, w.Instance, w.Host, w.Slots, w.FreeSlots, time.Since(w.LastHeartbeat).Round(time.Millisecond))
+		}
+		return tw.Flush()
+	})
 }
 
 func runState(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -210,25 +199,18 @@ func runState(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageErr("flotilla state get JOB KEY")
 	}
 	cc := newClientCmd("state get", stderr)
-	pos, err := cc.parse(args[1:], "JOB", "KEY")
-	if err != nil {
-		return err
-	}
-	api, done, err := cc.client()
-	if err != nil {
-		return err
-	}
-	defer done()
-	res, err := api.State(ctx, pos[0], pos[1])
-	if err != nil {
-		return err
-	}
-	if cc.json {
-		return printJSON(stdout, res)
-	}
-	if !res.Found {
-		return fmt.Errorf("%s: key %q has no state (key group %d, task %d)", pos[0], pos[1], res.Group, res.Task)
-	}
-	fmt.Fprintf(stdout, "%s\n", res.Value)
-	return nil
+	return cc.run(args[1:], []string{"JOB", "KEY"}, func(api *client.Client, pos []string) error {
+		res, err := api.State(ctx, pos[0], pos[1])
+		if err != nil {
+			return err
+		}
+		if cc.json {
+			return printJSON(stdout, res)
+		}
+		if !res.Found {
+			return fmt.Errorf("%s: key %q has no state (key group %d, task %d)", pos[0], pos[1], res.Group, res.Task)
+		}
+		fmt.Fprintf(stdout, "%s\n", res.Value)
+		return nil
+	})
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cockroachdb/datadriven"
 
+	"flotilla/internal/tracetest"
 	"flotilla/statebackend"
 	"flotilla/statebackend/keygroup"
 	"flotilla/subjects"
@@ -18,7 +19,7 @@ import (
 //
 //	new parallelism=2 [interval=10s] [timeout=1m] [tolerable=0] [retained=2] [retries=1] [highest=N]
 //	tick 10s [running]            advance the clock; "running" = every task runs (attempt 1, on worker w)
-//	ack 3 task=0 [attempt=1] [worker=w] [files=a,b]
+//	ack 3 task=0 [attempt=1] [worker=w] [range=0-3] [files=a,b]
 //	decline 3 task=0 [worker=w]
 //	metadata 3 [err]              the metadata write finished
 //	commit 3 [err]                the JetStream commit finished
@@ -35,22 +36,8 @@ func TestScenarios(t *testing.T) {
 		var c *Coordinator
 		var cfg Config
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
-			arg := func(k string) string {
-				for _, a := range d.CmdArgs {
-					if a.Key == k {
-						if len(a.Vals) > 0 {
-							return strings.Join(a.Vals, ",")
-						}
-						return "true"
-					}
-				}
-				return ""
-			}
-			num := func(k string) int {
-				var n int
-				fmt.Sscan(arg(k), &n)
-				return n
-			}
+			arg := func(k string) string { return tracetest.Arg(d, k) }
+			num := func(k string) int { return tracetest.Int(d, k) }
 			dur := func(k string, def time.Duration) subjects.Duration {
 				if v := arg(k); v != "" {
 					d, err := time.ParseDuration(v)
@@ -75,8 +62,7 @@ func TestScenarios(t *testing.T) {
 				c = New(cfg, nil, uint64(num("highest")))
 				return "ok\n"
 			case "tick":
-				step, _ := time.ParseDuration(d.CmdArgs[0].Key)
-				now = now.Add(step)
+				now = now.Add(tracetest.Duration(t, d))
 				var tasks []Task
 				if arg("running") != "" {
 					for i := 0; i < cfg.Parallelism; i++ {
@@ -105,10 +91,14 @@ func TestScenarios(t *testing.T) {
 				if w := arg("worker"); w != "" {
 					worker = w
 				}
+				rng := keygroup.ForTask(task, cfg.Parallelism, 8)
+				if r := arg("range"); r != "" {
+					fmt.Sscanf(r, "%d-%d", &rng.Start, &rng.End)
+				}
 				acts, ignored := c.Ack(&subjects.Ack{Worker: worker, Checkpoint: id(),
 					TaskRef: subjects.TaskRef{Job: "clicks", Task: task, Attempt: attempt},
 					Handle: statebackend.Handle{Version: 1, Format: format_, Manifest: manifest, Files: files, Size: 10, Uploaded: 5,
-						Range: keygroup.ForTask(task, cfg.Parallelism, 8)}}, now)
+						Range: rng}}, now)
 				if ignored != "" {
 					return "ignored: " + ignored + "\n"
 				}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cockroachdb/datadriven"
 
+	"flotilla/internal/tracetest"
 	"flotilla/statebackend"
 	"flotilla/statebackend/keygroup"
 	"flotilla/subjects"
@@ -33,19 +34,8 @@ func TestScenarios(t *testing.T) {
 		now := start
 		var m *Master
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
-			arg := func(k string) string {
-				for _, a := range d.CmdArgs {
-					if a.Key == k && len(a.Vals) > 0 {
-						return a.Vals[0]
-					}
-				}
-				return ""
-			}
-			num := func(k string) int {
-				var n int
-				fmt.Sscan(arg(k), &n)
-				return n
-			}
+			arg := func(k string) string { return tracetest.Arg(d, k) }
+			num := func(k string) int { return tracetest.Int(d, k) }
 			switch d.Cmd {
 			case "new":
 				spec := subjects.JobSpec{Name: "clicks", Parallelism: num("parallelism"), MaxParallelism: num("max"),
@@ -105,8 +95,7 @@ func TestScenarios(t *testing.T) {
 				}
 				return format(m.WorkerLost(d.CmdArgs[0].Key, ids, now))
 			case "tick":
-				dur, _ := time.ParseDuration(d.CmdArgs[0].Key)
-				now = now.Add(dur)
+				now = now.Add(tracetest.Duration(t, d))
 				return fmt.Sprintf("t=%s\n", now.Sub(start)) + format(m.Tick(now))
 			case "completed":
 				var id uint64

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cockroachdb/datadriven"
 
+	"flotilla/internal/tracetest"
 	"flotilla/subjects"
 )
 
@@ -31,23 +32,9 @@ func TestScenarios(t *testing.T) {
 		now := start
 		m := New(Config{Epoch: 1, HeartbeatInterval: time.Second, HeartbeatTimeout: 5 * time.Second, SlotRequestTimeout: 3 * time.Second})
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
-			arg := func(k string) string {
-				for _, a := range d.CmdArgs {
-					if a.Key == k && len(a.Vals) > 0 {
-						return strings.Join(a.Vals, ",")
-					}
-				}
-				return ""
-			}
-			num := func(k string) int {
-				var n int
-				fmt.Sscan(arg(k), &n)
-				return n
-			}
-			first := ""
-			if len(d.CmdArgs) > 0 {
-				first = d.CmdArgs[0].Key
-			}
+			arg := func(k string) string { return tracetest.Arg(d, k) }
+			num := func(k string) int { return tracetest.Int(d, k) }
+			first := tracetest.First(d)
 			switch d.Cmd {
 			case "register":
 				var ops []string
@@ -84,11 +71,7 @@ func TestScenarios(t *testing.T) {
 				}
 				return out + format(acts)
 			case "tick":
-				dur, err := time.ParseDuration(first)
-				if err != nil {
-					t.Fatal(err)
-				}
-				now = now.Add(dur)
+				now = now.Add(tracetest.Duration(t, d))
 				return fmt.Sprintf("t=%s\n", now.Sub(start)) + format(m.Tick(now))
 			case "demand":
 				return format(m.SetDemand(arg("job"), num("slots"), arg("op"), now))
