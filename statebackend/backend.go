@@ -20,7 +20,7 @@ import (
 const (
 	dbDirName          = "db"          // the Pebble DB
 	checkpointsDirName = "checkpoints" // local images of pending snapshots
-	tmpDirName         = "tmp"         // savepoint files being written, restore downloads
+	tmpDirName         = "tmp"         // restore downloads and SSTs being built
 )
 
 // Backend is the keyed state of one task: the key groups of one
@@ -175,6 +175,8 @@ func (b *Backend) clipToRange() error {
 	return nil
 }
 
+func (b *Backend) tmpDir() string { return filepath.Join(b.dir, tmpDirName) }
+
 // Close closes the DB. Pending snapshots not yet uploaded can no longer be
 // uploaded once their local images are removed by the next Open.
 func (b *Backend) Close() error {
@@ -193,9 +195,9 @@ func (b *Backend) Range() keygroup.Range { return b.opts.KeyGroups }
 // MaxParallelism returns the job's max parallelism M.
 func (b *Backend) MaxParallelism() int { return b.opts.MaxParallelism }
 
-// Applied returns the last input sequence applied to group g: the highest
-// sequence passed to Batch.SetApplied for g in a committed batch, or what a
-// restored snapshot recorded. It returns 0 for a group never applied to and
+// Applied returns the last input sequence applied to group g: the sequence
+// last passed to Batch.SetApplied for g in a committed batch, or what a
+// restored snapshot or savepoint recorded. It returns 0 for a group never applied to and
 // for a group the backend does not own. Events of g with a sequence at or
 // below it are already reflected in the state and must be skipped.
 func (b *Backend) Applied(g int) uint64 {
@@ -299,7 +301,7 @@ func (b *Backend) newIter(ns byte, state string, groups keygroup.Range) (*Iterat
 	if err := groups.Validate(b.opts.MaxParallelism); err != nil {
 		return nil, err
 	}
-	if _, ok := groups.Intersect(b.opts.KeyGroups); !ok || groups.Start < b.opts.KeyGroups.Start || groups.End > b.opts.KeyGroups.End {
+	if groups.Start < b.opts.KeyGroups.Start || groups.End > b.opts.KeyGroups.End {
 		return nil, fmt.Errorf("%w: scan of %v, backend owns %v", ErrNotOwned, groups, b.opts.KeyGroups)
 	}
 	if b.closed.Load() {

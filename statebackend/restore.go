@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -21,6 +22,10 @@ import (
 // restoreSSTSize is the raw bytes after which Restore starts a new SST (at a
 // key-group boundary), so that later compactions stay incremental.
 const restoreSSTSize = 32 << 20
+
+// restoreUnitMin is the least savepoint bytes Restore reads and decodes on
+// one goroutine (a variable for tests).
+var restoreUnitMin int64 = restoreSSTSize
 
 // restoreSource is a handle and the part of it a restore reads.
 type restoreSource struct {
@@ -193,16 +198,39 @@ func restoreMerge(ctx context.Context, store objectstore.Store, dir string, opts
 		_ = b.Close()
 		return nil, err
 	}
-	ssts := make([][]string, len(srcs))
-	jobs := make([]func(context.Context) error, len(srcs))
-	for i, s := range srcs {
+	// Units of work: a native source is one (its DB is downloaded whole);
+	// a canonical source is split into byte-balanced group sub-ranges that
+	// are range-read and decoded in parallel, each into its own SSTs.
+	type unit struct {
+		src    restoreSource
+		groups keygroup.Range
+		footer *savepointFooter
+	}
+	par := min(opts.TransferConcurrency, max(runtime.GOMAXPROCS(0), 2))
+	var units []unit
+	for _, s := range srcs {
+		if s.h.Format != FormatCanonical {
+			units = append(units, unit{src: s, groups: s.inter})
+			continue
+		}
+		f, err := readCanonicalFooter(ctx, store, opts, s.h)
+		if err != nil {
+			return fail(err)
+		}
+		for _, r := range f.split(s.inter, par, restoreUnitMin) {
+			units = append(units, unit{src: s, groups: r, footer: f})
+		}
+	}
+	ssts := make([][]string, len(units))
+	jobs := make([]func(context.Context) error, len(units))
+	for i, u := range units {
 		jobs[i] = func(ctx context.Context) error {
 			w := &sstBuilder{b: b, prefix: fmt.Sprintf("ingest-%d-", i)}
 			var err error
-			if s.h.Format == FormatCanonical {
-				err = restoreCanonicalInto(ctx, store, opts, s, w.add)
+			if u.footer != nil {
+				err = readSavepointGroups(ctx, store, u.src.h.Manifest, u.footer, u.groups, w.add)
 			} else {
-				err = restoreNativeInto(ctx, store, opts, b.tmpDir(), i, s, w.add)
+				err = restoreNativeInto(ctx, store, opts, b.tmpDir(), i, u.src, w.add)
 			}
 			if ferr := w.finish(); err == nil {
 				err = ferr
@@ -211,9 +239,7 @@ func restoreMerge(ctx context.Context, store objectstore.Store, dir string, opts
 			return err
 		}
 	}
-	// Concurrency is bounded by memory and CPU more than by the store here:
-	// each source decodes into its own SST writer.
-	err = runParallel(ctx, min(opts.TransferConcurrency, 2), jobs)
+	err = runParallel(ctx, par, jobs)
 	var paths []string
 	for _, p := range ssts {
 		paths = append(paths, p...)
@@ -258,18 +284,20 @@ func (b *Backend) loadApplied() error {
 	return nil
 }
 
-func restoreCanonicalInto(ctx context.Context, store objectstore.Store, opts Options, s restoreSource, emit func(k, v []byte) error) error {
-	f, err := readSavepointFooter(ctx, store, s.h.Manifest)
+// readCanonicalFooter reads the footer of canonical handle h and checks it
+// against the handle and opts.
+func readCanonicalFooter(ctx context.Context, store objectstore.Store, opts Options, h Handle) (*savepointFooter, error) {
+	f, err := readSavepointFooter(ctx, store, h.Manifest)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if f.maxParallelism != opts.MaxParallelism {
-		return fmt.Errorf("%w: %q was written with %d, restoring with %d", ErrMaxParallelismMismatch, s.h.Manifest, f.maxParallelism, opts.MaxParallelism)
+		return nil, fmt.Errorf("%w: %q was written with %d, restoring with %d", ErrMaxParallelismMismatch, h.Manifest, f.maxParallelism, opts.MaxParallelism)
 	}
-	if f.rng != s.h.Range {
-		return fmt.Errorf("%w: handle says %v, savepoint %q holds %v", ErrInvalidHandle, s.h.Range, s.h.Manifest, f.rng)
+	if f.rng != h.Range {
+		return nil, fmt.Errorf("%w: handle says %v, savepoint %q holds %v", ErrInvalidHandle, h.Range, h.Manifest, f.rng)
 	}
-	return readSavepointGroups(ctx, store, s.h.Manifest, f, s.inter, emit)
+	return f, nil
 }
 
 // restoreNativeInto downloads a native snapshot into a temp directory, opens

@@ -106,6 +106,40 @@ func TestRestoreFourIntoOne(t *testing.T) {
 	}
 }
 
+// TestRestoreSplitsCanonicalReads restores with group sub-ranges decoded in
+// parallel (as for large savepoints) and checks the result and the split.
+func TestRestoreSplitsCanonicalReads(t *testing.T) {
+	const m = 128
+	store := objectstore.NewMem()
+	b := openTest(t, m, keygroup.Range{Start: 0, End: m - 1})
+	model := newState()
+	newWorkload(b, model, 21, 3000).run(t, 6000, 200)
+	h, err := b.WriteSavepoint(ctx, store, "sp/task-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := readSavepointFooter(ctx, store, h.Manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []keygroup.Range{{Start: 0, End: m - 1}, {Start: 5, End: 70}, {Start: 9, End: 9}} {
+		parts := f.split(r, 4, 1)
+		if len(parts) != min(4, r.Len()) || parts[0].Start != r.Start || parts[len(parts)-1].End != r.End {
+			t.Fatalf("split %v: %v", r, parts)
+		}
+		for i := 1; i < len(parts); i++ {
+			if parts[i].Start != parts[i-1].End+1 {
+				t.Fatalf("split %v: %v", r, parts)
+			}
+		}
+	}
+	defer func(old int64) { restoreUnitMin = old }(restoreUnitMin)
+	restoreUnitMin = 1
+	for _, r := range []keygroup.Range{{Start: 0, End: m - 1}, keygroup.ForTask(2, 3, m)} {
+		checkState(t, restoreTest(t, store, m, r, h), model.restrict(r, m))
+	}
+}
+
 // TestSavepointReaderReadsOnlyItsGroups restores a quarter of the groups of
 // a savepoint and counts the bytes read.
 func TestSavepointReaderReadsOnlyItsGroups(t *testing.T) {

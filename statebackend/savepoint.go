@@ -1,15 +1,14 @@
 package statebackend
 
 import (
-	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
-	"os"
 	"runtime"
 	"sync"
 
@@ -230,234 +229,118 @@ func (b *Backend) WriteSavepoint(ctx context.Context, store objectstore.Store, k
 	return p.Write(ctx, store, key)
 }
 
-// savepointPart is the encoded blocks of a contiguous sub-range of groups,
-// in a local temp file.
-type savepointPart struct {
-	rng    keygroup.Range
-	path   string
-	size   int64
-	blocks []groupBlock // offsets relative to the part
-}
+// Tuning of Write's second pass.
+const (
+	streamChunk      = 256 << 10 // bytes an encoder hands to the writer at once
+	streamUnitChunks = 4         // chunks a unit may have waiting for the writer
+	streamUnitBytes  = streamChunk * streamUnitChunks
+)
 
-// Write encodes the view into local temp files (one per CPU, up to 4, each a
-// contiguous sub-range of groups), then uploads them as one object: the
-// store needs the size before the first byte, and a local file keeps memory
-// bounded whatever the state size. The object is written with PutIfAbsent.
+// Write writes the view as object key, with PutIfAbsent, and returns its
+// handle. It makes two passes over the view, each spread over up to 4
+// goroutines. The first measures every group's block: the store needs the
+// object's size before its first byte. The second encodes the blocks again,
+// in units of about 1 MiB of consecutive groups, and streams them in order
+// through an io.Pipe into the store, checksumming each group on the way.
+// Memory stays bounded (a window of encoded chunks), nothing is written to
+// local disk, and the upload overlaps the encoding: a temp file would double
+// the disk writes, which on a slow disk halved throughput (BENCHMARKS.md).
 func (p *PendingSavepoint) Write(ctx context.Context, store objectstore.Store, key string) (Handle, error) {
 	if err := objectstore.ValidateKey(key); err != nil {
 		return Handle{}, err
 	}
-	b := p.b
-	rng := b.opts.KeyGroups
-	parts := b.splitRange(rng, min(runtime.GOMAXPROCS(0), 4))
-	defer func() {
-		for _, part := range parts {
-			if part.path != "" {
-				_ = os.Remove(part.path)
-			}
-		}
-	}()
-	jobs := make([]func(context.Context) error, len(parts))
-	for i := range parts {
-		part := &parts[i]
-		jobs[i] = func(ctx context.Context) error { return p.encodePart(ctx, part) }
-	}
-	if err := runParallel(ctx, len(jobs), jobs); err != nil {
+	par := min(runtime.GOMAXPROCS(0), 4)
+	f, err := p.measure(ctx, par)
+	if err != nil {
 		return Handle{}, fmt.Errorf("statebackend: savepoint %q: %w", key, err)
 	}
+	size := f.dataEnd + int64(footerHeaderLen+footerEntryLen*len(f.blocks)+trailerLen)
 
-	footer := savepointFooter{maxParallelism: b.opts.MaxParallelism, rng: rng}
-	var offset int64
-	readers := make([]io.Reader, 0, len(parts)+1)
-	for _, part := range parts {
-		for _, blk := range part.blocks {
-			blk.offset += offset
-			footer.blocks = append(footer.blocks, blk)
-		}
-		offset += part.size
-		f, err := os.Open(part.path)
-		if err != nil {
-			return Handle{}, fmt.Errorf("statebackend: savepoint %q: %w", key, err)
-		}
-		defer f.Close()
-		// Stores copy in small chunks; a large buffer saves most read calls.
-		readers = append(readers, bufio.NewReaderSize(f, 1<<20))
+	pr, pw := io.Pipe()
+	putErr := make(chan error, 1)
+	go func() {
+		err := store.PutIfAbsent(ctx, key, pr, size)
+		// If the store gave up without reading everything, unblock the
+		// writer.
+		_ = pr.CloseWithError(cmp.Or(err, io.ErrClosedPipe))
+		putErr <- err
+	}()
+	werr := p.stream(ctx, pw, f, par)
+	if werr == nil {
+		_, werr = pw.Write(f.encode())
 	}
-	tail := footer.encode()
-	readers = append(readers, bytes.NewReader(tail))
-	size := offset + int64(len(tail))
-	if err := store.PutIfAbsent(ctx, key, io.MultiReader(readers...), size); err != nil {
+	_ = pw.CloseWithError(werr)
+	if err := <-putErr; err != nil {
+		if werr != nil && !errors.Is(werr, io.ErrClosedPipe) {
+			// The store failed because the writer did.
+			return Handle{}, fmt.Errorf("statebackend: savepoint %q: %w", key, werr)
+		}
 		return Handle{}, storeErr("put", key, err)
+	}
+	if werr != nil {
+		return Handle{}, fmt.Errorf("statebackend: savepoint %q: %w", key, werr)
 	}
 	return Handle{
 		Version:  HandleVersion,
 		Format:   FormatCanonical,
 		Manifest: key,
-		Range:    rng,
+		Range:    f.rng,
 		Size:     size,
 		Uploaded: size,
 		Files:    []string{key},
 	}, nil
 }
 
-// splitRange splits r into at most n contiguous parts of about equal
-// estimated size.
-func (b *Backend) splitRange(r keygroup.Range, n int) []savepointPart {
-	n = min(n, r.Len())
-	if n <= 1 {
-		return []savepointPart{{rng: r}}
-	}
-	sizes := make([]uint64, r.Len())
-	var total uint64
-	for g := r.Start; g <= r.End; g++ {
-		s, err := b.db.EstimateDiskUsage(groupPrefix(g), groupPrefix(g+1))
-		if err != nil {
-			s = 1
-		}
-		sizes[g-r.Start] = s + 1
-		total += s + 1
-	}
-	var parts []savepointPart
-	start := r.Start
-	var acc uint64
-	for g := r.Start; g <= r.End; g++ {
-		acc += sizes[g-r.Start]
-		if acc*uint64(n) >= total*uint64(len(parts)+1) && len(parts) < n-1 && g < r.End {
-			parts = append(parts, savepointPart{rng: keygroup.Range{Start: start, End: g}})
-			start = g + 1
-		}
-	}
-	return append(parts, savepointPart{rng: keygroup.Range{Start: start, End: r.End}})
+// entryVisitor receives a walk over the view.
+type entryVisitor interface {
+	// group starts group g; every group of the walked range is started, in
+	// order, empty ones too.
+	group(g int) error
+	// applied gives the current group's applied mark.
+	applied(seq uint64)
+	// entry gives an entry of the current group, in key order;
+	// nameFollows says whether its state name is written.
+	entry(kind byte, nameFollows bool, name, user, value []byte) error
 }
 
-// blockEncoder writes blocks into a file, buffering and checksumming.
-type blockEncoder struct {
-	f        *os.File
-	buf      []byte
-	off      int64 // bytes written to f
-	blockOff int64 // offset of the current block
-	crc      uint32
-	entries  uint64
-	prevKind byte
-	prevName []byte
-	tmp      [binary.MaxVarintLen64]byte
-}
-
-const encoderBufSize = 1 << 20
-
-func (e *blockEncoder) flushBuf() error {
-	if len(e.buf) == 0 {
-		return nil
-	}
-	e.crc = crc32.Update(e.crc, castagnoli, e.buf)
-	n, err := e.f.Write(e.buf)
-	e.off += int64(n)
-	e.buf = e.buf[:0]
-	return err
-}
-
-func (e *blockEncoder) beginBlock() {
-	e.blockOff = e.off + int64(len(e.buf))
-	e.crc = 0
-	e.entries = 0
-	e.prevKind = 0
-	e.prevName = e.prevName[:0]
-}
-
-func (e *blockEncoder) endBlock(g int, applied uint64) (groupBlock, error) {
-	if err := e.flushBuf(); err != nil {
-		return groupBlock{}, err
-	}
-	return groupBlock{group: g, offset: e.blockOff, length: e.off - e.blockOff, entries: e.entries, applied: applied, crc: e.crc, codec: codecNone}, nil
-}
-
-func (e *blockEncoder) add(kind byte, name, user, value []byte) error {
-	tag := kind
-	if kind != e.prevKind || !bytes.Equal(name, e.prevName) {
-		tag |= entryNameFollows
-		e.prevKind = kind
-		e.prevName = append(e.prevName[:0], name...)
-	}
-	e.buf = append(e.buf, tag)
-	if tag&entryNameFollows != 0 {
-		e.buf = append(e.buf, byte(len(name)))
-		e.buf = append(e.buf, name...)
-	}
-	e.buf = binary.AppendUvarint(e.buf, uint64(len(user)))
-	e.buf = append(e.buf, user...)
-	if kind == entryKindCounter {
-		n, ok := decodeInt64(value)
-		if !ok {
-			return fmt.Errorf("%w: counter of %d bytes", ErrCorrupt, len(value))
-		}
-		e.buf = binary.AppendVarint(e.buf, n)
-	} else {
-		e.buf = binary.AppendUvarint(e.buf, uint64(len(value)))
-		e.buf = append(e.buf, value...)
-	}
-	e.entries++
-	if len(e.buf) >= encoderBufSize {
-		return e.flushBuf()
-	}
-	return nil
-}
-
-// encodePart encodes the groups of part.rng into a new temp file.
-func (p *PendingSavepoint) encodePart(ctx context.Context, part *savepointPart) (err error) {
-	f, err := os.CreateTemp(p.b.tmpDir(), "savepoint-*")
-	if err != nil {
-		return err
-	}
-	part.path = f.Name()
-	defer func() {
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	it, err := p.snap.NewIter(&pebble.IterOptions{
-		LowerBound: groupPrefix(part.rng.Start),
-		UpperBound: groupPrefix(part.rng.End + 1),
-	})
+// walk visits the entries of groups r in the view.
+func (p *PendingSavepoint) walk(ctx context.Context, r keygroup.Range, v entryVisitor) error {
+	it, err := p.snap.NewIter(&pebble.IterOptions{LowerBound: groupPrefix(r.Start), UpperBound: groupPrefix(r.End + 1)})
 	if err != nil {
 		return err
 	}
 	defer it.Close()
-	e := &blockEncoder{f: f, buf: make([]byte, 0, encoderBufSize+64<<10)}
-	g := part.rng.Start
-	var applied uint64
-	e.beginBlock()
-	finish := func(upTo int) error {
-		for ; g < upTo; g++ {
-			blk, err := e.endBlock(g, applied)
-			if err != nil {
-				return err
-			}
-			part.blocks = append(part.blocks, blk)
-			applied = 0
-			e.beginBlock()
-		}
-		return nil
+	g := r.Start
+	if err := v.group(g); err != nil {
+		return err
 	}
+	var prevKind byte
+	var prevName []byte
+	n := 0
 	for valid := it.First(); valid; valid = it.Next() {
 		k := it.Key()
-		if kg := keyGroupOf(k); kg != g {
-			if err := finish(kg); err != nil {
+		for kg := keyGroupOf(k); g < kg; {
+			g++
+			if err := v.group(g); err != nil {
 				return err
 			}
+			prevKind = 0
+		}
+		if n++; n%4096 == 0 {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
 		}
-		v, err := it.ValueAndErr()
+		val, err := it.ValueAndErr()
 		if err != nil {
 			return err
 		}
 		if len(k) == 4 && k[2] == nsMeta && k[3] == metaApplied {
-			seq, ok := decodeSeq(v)
+			seq, ok := decodeSeq(val)
 			if !ok {
-				return fmt.Errorf("%w: applied mark of group %d has %d bytes", ErrCorrupt, g, len(v))
+				return fmt.Errorf("%w: applied mark of group %d has %d bytes", ErrCorrupt, g, len(val))
 			}
-			applied = seq
+			v.applied(seq)
 			continue
 		}
 		pk, ok := parseStateKey(k)
@@ -467,22 +350,282 @@ func (p *PendingSavepoint) encodePart(ctx context.Context, part *savepointPart) 
 		kind := byte(entryKindValue)
 		if pk.ns == nsCounter {
 			kind = entryKindCounter
+			if len(val) != 8 {
+				return fmt.Errorf("%w: counter of %d bytes", ErrCorrupt, len(val))
+			}
 		}
-		if err := e.add(kind, pk.state, pk.user, v); err != nil {
+		nameFollows := kind != prevKind || !bytes.Equal(pk.state, prevName)
+		if nameFollows {
+			prevKind = kind
+			prevName = append(prevName[:0], pk.state...)
+		}
+		if err := v.entry(kind, nameFollows, pk.state, pk.user, val); err != nil {
 			return err
 		}
 	}
 	if err := it.Error(); err != nil {
 		return err
 	}
-	if err := finish(part.rng.End + 1); err != nil {
-		return err
+	for g < r.End {
+		g++
+		if err := v.group(g); err != nil {
+			return err
+		}
 	}
-	part.size = e.off
 	return nil
 }
 
-func (b *Backend) tmpDir() string { return b.dir + string(os.PathSeparator) + tmpDirName }
+// entrySize is the encoded size of an entry; appendEntry writes exactly
+// that many bytes. value is a counter's 8 bytes for kind entryKindCounter.
+func entrySize(kind byte, nameFollows bool, name, user, value []byte) int64 {
+	n := 1 + uvarintLen(uint64(len(user))) + len(user)
+	if nameFollows {
+		n += 1 + len(name)
+	}
+	if kind == entryKindCounter {
+		c, _ := decodeInt64(value)
+		n += uvarintLen(uint64(c<<1) ^ uint64(c>>63))
+	} else {
+		n += uvarintLen(uint64(len(value))) + len(value)
+	}
+	return int64(n)
+}
+
+func appendEntry(buf []byte, kind byte, nameFollows bool, name, user, value []byte) []byte {
+	if nameFollows {
+		buf = append(buf, kind|entryNameFollows, byte(len(name)))
+		buf = append(buf, name...)
+	} else {
+		buf = append(buf, kind)
+	}
+	buf = binary.AppendUvarint(buf, uint64(len(user)))
+	buf = append(buf, user...)
+	if kind == entryKindCounter {
+		c, _ := decodeInt64(value)
+		return binary.AppendVarint(buf, c)
+	}
+	buf = binary.AppendUvarint(buf, uint64(len(value)))
+	return append(buf, value...)
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}
+
+// measurer is the first pass: it fills in each group's length, entry count
+// and applied mark.
+type measurer struct {
+	f   *savepointFooter
+	cur *groupBlock
+}
+
+func (m *measurer) group(g int) error {
+	m.cur = &m.f.blocks[g-m.f.rng.Start]
+	return nil
+}
+
+func (m *measurer) applied(seq uint64) { m.cur.applied = seq }
+
+func (m *measurer) entry(kind byte, nameFollows bool, name, user, value []byte) error {
+	m.cur.length += entrySize(kind, nameFollows, name, user, value)
+	m.cur.entries++
+	return nil
+}
+
+// measure runs the first pass and returns the footer, without checksums.
+func (p *PendingSavepoint) measure(ctx context.Context, par int) (*savepointFooter, error) {
+	rng := p.b.opts.KeyGroups
+	f := &savepointFooter{maxParallelism: p.b.opts.MaxParallelism, rng: rng, blocks: make([]groupBlock, rng.Len())}
+	for i := range f.blocks {
+		f.blocks[i].group = rng.Start + i
+	}
+	parts := p.b.splitRange(rng, par)
+	jobs := make([]func(context.Context) error, len(parts))
+	for i, r := range parts {
+		jobs[i] = func(ctx context.Context) error { return p.walk(ctx, r, &measurer{f: f}) }
+	}
+	if err := runParallel(ctx, len(jobs), jobs); err != nil {
+		return nil, err
+	}
+	var off int64
+	for i := range f.blocks {
+		f.blocks[i].offset = off
+		off += f.blocks[i].length
+	}
+	f.dataEnd = off
+	return f, nil
+}
+
+// splitRange splits r into at most n contiguous parts of about equal
+// estimated size.
+func (b *Backend) splitRange(r keygroup.Range, n int) []keygroup.Range {
+	n = min(n, r.Len())
+	if n <= 1 {
+		return []keygroup.Range{r}
+	}
+	sizes := make([]uint64, r.Len())
+	var total uint64
+	for g := r.Start; g <= r.End; g++ {
+		s, err := b.db.EstimateDiskUsage(groupPrefix(g), groupPrefix(g+1))
+		if err != nil {
+			s = 0
+		}
+		sizes[g-r.Start] = s + 1
+		total += s + 1
+	}
+	var parts []keygroup.Range
+	start := r.Start
+	var acc uint64
+	for g := r.Start; g <= r.End; g++ {
+		acc += sizes[g-r.Start]
+		if len(parts) < n-1 && g < r.End && acc*uint64(n) >= total*uint64(len(parts)+1) {
+			parts = append(parts, keygroup.Range{Start: start, End: g})
+			start = g + 1
+		}
+	}
+	return append(parts, keygroup.Range{Start: start, End: r.End})
+}
+
+// streamUnit is a run of consecutive groups that one goroutine encodes in
+// the second pass.
+type streamUnit struct {
+	groups keygroup.Range
+	bytes  int64
+	ch     chan []byte // encoded chunks, closed when done
+	err    error       // set before ch is closed
+}
+
+// encoder is the second pass over one unit: it encodes entries into chunks
+// and sends them to the writer.
+type encoder struct {
+	ctx  context.Context
+	ch   chan<- []byte
+	free *sync.Pool
+	buf  []byte
+}
+
+func (e *encoder) group(int) error { return nil }
+func (e *encoder) applied(uint64)  {}
+
+func (e *encoder) entry(kind byte, nameFollows bool, name, user, value []byte) error {
+	if e.buf == nil {
+		e.buf = (*e.free.Get().(*[]byte))[:0]
+	}
+	e.buf = appendEntry(e.buf, kind, nameFollows, name, user, value)
+	if len(e.buf) >= streamChunk {
+		return e.flush()
+	}
+	return nil
+}
+
+func (e *encoder) flush() error {
+	if len(e.buf) == 0 {
+		return nil
+	}
+	select {
+	case e.ch <- e.buf:
+		e.buf = nil
+		return nil
+	case <-e.ctx.Done():
+		return e.ctx.Err()
+	}
+}
+
+// stream runs the second pass: units are encoded by par goroutines, at most
+// 2*par units ahead of the writer, and written to w in order while each
+// group's CRC32C is computed into f.
+func (p *PendingSavepoint) stream(ctx context.Context, w io.Writer, f *savepointFooter, par int) error {
+	var units []*streamUnit
+	for i := 0; i < len(f.blocks); {
+		u := &streamUnit{groups: keygroup.Range{Start: f.blocks[i].group}, ch: make(chan []byte, streamUnitChunks)}
+		for ; i < len(f.blocks) && (u.bytes == 0 || u.bytes+f.blocks[i].length <= streamUnitBytes); i++ {
+			u.bytes += f.blocks[i].length
+			u.groups.End = f.blocks[i].group
+		}
+		units = append(units, u)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	free := &sync.Pool{New: func() any {
+		b := make([]byte, 0, streamChunk+64<<10)
+		return &b
+	}}
+	window := make(chan struct{}, 2*par)
+	next := make(chan *streamUnit)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(next)
+		for _, u := range units {
+			select {
+			case window <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			select {
+			case next <- u:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for range par {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for u := range next {
+				e := &encoder{ctx: ctx, ch: u.ch, free: free}
+				u.err = p.walk(ctx, u.groups, e)
+				if u.err == nil {
+					u.err = e.flush()
+				}
+				close(u.ch)
+			}
+		}()
+	}
+
+	gi, left := 0, f.blocks[0].length // group being written, its bytes to go
+	for _, u := range units {
+		var n int64
+		for chunk := range u.ch {
+			n += int64(len(chunk))
+			if n > u.bytes {
+				return fmt.Errorf("statebackend: savepoint groups %v: encoded more than the %d bytes measured", u.groups, u.bytes)
+			}
+			for rest := chunk; len(rest) > 0; {
+				for left == 0 {
+					gi++
+					left = f.blocks[gi].length
+				}
+				c := rest[:min(int64(len(rest)), left)]
+				f.blocks[gi].crc = crc32.Update(f.blocks[gi].crc, castagnoli, c)
+				left -= int64(len(c))
+				rest = rest[len(c):]
+			}
+			if _, err := w.Write(chunk); err != nil {
+				return err
+			}
+			free.Put(&chunk)
+		}
+		if u.err != nil {
+			return u.err
+		}
+		if n != u.bytes {
+			return fmt.Errorf("statebackend: savepoint groups %v: encoded %d bytes, measured %d", u.groups, n, u.bytes)
+		}
+		<-window
+	}
+	return nil
+}
 
 // blockDecoder decodes the blocks of one range read of a savepoint. It
 // reads the source in chunks and parses entries in place; an entry larger
@@ -649,6 +792,28 @@ func growTo(b []byte, n int) []byte {
 		return nb
 	}
 	return b[:n]
+}
+
+// split splits groups r (within the footer's range) into at most n
+// contiguous sub-ranges of about equal bytes, none smaller than minBytes
+// unless r is.
+func (f *savepointFooter) split(r keygroup.Range, n int, minBytes int64) []keygroup.Range {
+	var total int64
+	for g := r.Start; g <= r.End; g++ {
+		total += f.blocks[g-f.rng.Start].length
+	}
+	n = max(1, min(n, int(total/max(minBytes, 1)), r.Len()))
+	var out []keygroup.Range
+	start := r.Start
+	var acc int64
+	for g := r.Start; g <= r.End; g++ {
+		acc += f.blocks[g-f.rng.Start].length
+		if len(out) < n-1 && g < r.End && acc*int64(n) >= total*int64(len(out)+1) {
+			out = append(out, keygroup.Range{Start: start, End: g})
+			start = g + 1
+		}
+	}
+	return append(out, keygroup.Range{Start: start, End: r.End})
 }
 
 // readSavepointGroups range-reads the blocks of groups r (within the

@@ -169,11 +169,13 @@ type PendingSnapshot struct {
 func (p *PendingSnapshot) ID() uint64 { return p.id }
 
 // Snapshot takes the synchronous part of native snapshot id: a Pebble
-// checkpoint of the DB (SSTs hard-linked, the live WAL and the MANIFEST
-// copied) and the applied marks, consistent with each other and with every
-// batch committed before the call. It takes a few milliseconds whatever the
-// state size (see DefaultMemTableSize). The caller then calls Upload, usually
-// on another goroutine, and later SnapshotCompleted or SnapshotAborted.
+// checkpoint of the DB into a local image (SSTs and WALs hard-linked, see
+// backendFS; MANIFEST and OPTIONS copied) and the applied marks, consistent
+// with each other and with every batch committed before the call; commits
+// wait while it runs. It costs a few file-system operations per SST and
+// does not depend on the memtable size (BENCHMARKS.md). The caller then
+// calls Upload, usually on another goroutine, and later SnapshotCompleted or
+// SnapshotAborted (or Release).
 func (b *Backend) Snapshot(id uint64) (*PendingSnapshot, error) {
 	if b.closed.Load() {
 		return nil, ErrClosed
@@ -191,7 +193,8 @@ func (b *Backend) Snapshot(id uint64) (*PendingSnapshot, error) {
 
 	b.commitMu.Lock()
 	// WithFlushedWAL writes the WAL buffer out (never syncing it, see
-	// noSyncFS) so that the copied WAL holds every committed batch.
+	// backendFS) before the WAL is linked, so that its length then covers
+	// every committed batch.
 	err := b.db.Checkpoint(p.dir, pebble.WithFlushedWAL())
 	p.walLens = b.fs.takeLinked(p.dir)
 	if err == nil {

@@ -378,7 +378,19 @@ func TestRestoreNativeEqualsStateAtSnapshot(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			w.run(t, 2000, 64) // after the snapshot: must not be restored
+			// The live WAL is in the image as a hard link, with its length
+			// at the snapshot.
+			if len(p.walLens) == 0 {
+				t.Fatal("no WAL linked into the image")
+			}
+			for name := range p.walLens {
+				img, err1 := os.Stat(filepath.Join(p.dir, name))
+				live, err2 := os.Stat(filepath.Join(b.dir, dbDirName, name))
+				if err1 != nil || err2 != nil || !os.SameFile(img, live) {
+					t.Fatalf("WAL %s not linked: %v %v", name, err1, err2)
+				}
+			}
+			w.run(t, 2000, 64) // after the snapshot: appended to the linked WAL, must not be restored
 			h, err := p.Upload(ctx, store, target(1))
 			if err != nil {
 				t.Fatal(err)
