@@ -9,7 +9,7 @@ MINIO_BIN     ?= $(TOOLS_DIR)/minio
 GO_TEST_FLAGS ?= -race -timeout 45m
 export MINIO_BIN
 
-.PHONY: all build run test vet fmt-check unit tools bench clean
+.PHONY: all build run test vet fmt-check unit tools bench clean up down compose-images up-local
 
 all: build
 
@@ -20,6 +20,29 @@ build:
 # in one process.
 run:
 	go run ./cmd/flotilla dev --demo
+
+# The Docker Compose cluster (compose/docker-compose.yml): NATS, MinIO, a
+# coordinator and $(WORKERS) workers. `make up` builds the flotilla image from
+# ./Dockerfile and pulls the server images; `make up-local` pulls nothing: it
+# builds all three images from source on this machine (compose/images).
+# `make down` keeps the data volumes.
+COMPOSE         ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_PROJECT ?= flotilla
+WORKERS         ?= 3
+COMPOSE_RUN      = $(COMPOSE) -p $(COMPOSE_PROJECT) -f compose/docker-compose.yml
+
+up:
+	$(COMPOSE_RUN) up -d --build --scale worker=$(WORKERS)
+
+down:
+	$(COMPOSE_RUN) down
+
+compose-images: tools
+	go run ./compose/images -minio-bin $(MINIO_BIN)
+
+up-local: compose-images
+	FLOTILLA_IMAGE=flotilla:local NATS_IMAGE=flotilla-local/nats:local MINIO_IMAGE=flotilla-local/minio:local \
+		$(COMPOSE_RUN) up -d --no-build --scale worker=$(WORKERS)
 
 test: tools vet fmt-check
 	go test $(GO_TEST_FLAGS) ./...
