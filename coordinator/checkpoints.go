@@ -177,26 +177,19 @@ func (c *Coordinator) savepointDone(job string, a checkpoint.SavepointDone, now 
 
 // locationOf returns the full location (store location + key) of key.
 func (c *Coordinator) locationOf(key string) string {
-	return strings.TrimSuffix(c.cfg.Store.Location(), "/") + "/" + key
+	return objectstore.JoinLocation(c.cfg.Store.Location(), key)
 }
 
 // resolveLocation turns a user-given location into an object key prefix in
 // the configured store: a full location must lie inside the store, a bare
 // key is taken as relative to it. Anything else is CodeInvalidLocation.
 func (c *Coordinator) resolveLocation(loc string) (string, error) {
-	loc = strings.TrimSpace(loc)
-	root := strings.TrimSuffix(c.cfg.Store.Location(), "/")
-	key := loc
-	if strings.Contains(loc, "://") {
-		k, ok := strings.CutPrefix(loc, root+"/")
-		if !ok {
-			return "", subjects.Errorf(subjects.CodeInvalidLocation, "location %q is outside the configured object store %s", loc, root)
-		}
-		key = k
+	key, err := objectstore.KeyOf(c.cfg.Store.Location(), loc)
+	if err != nil {
+		return "", subjects.Errorf(subjects.CodeInvalidLocation, "%v", err)
 	}
-	key = strings.TrimSuffix(strings.TrimSuffix(key, "/"+checkpoint.MetadataName), "/")
-	if err := objectstore.ValidateKey(key); err != nil {
-		return "", subjects.Errorf(subjects.CodeInvalidLocation, "location %q: %v", loc, err)
+	if k := strings.TrimSuffix(key, "/"+checkpoint.MetadataName); k != key && k != "" {
+		key = k
 	}
 	return key, nil
 }

@@ -75,6 +75,7 @@ type Coordinator struct {
 	ready chan struct{}
 
 	requests  uint64 // savepoint request ids
+	attempts  uint64 // task deployments of this epoch, shared by every job master
 	waiters   map[uint64]savepointWaiter
 	lastSweep time.Time // of the periodic orphan sweep
 }
@@ -287,7 +288,7 @@ func (c *Coordinator) enqueue(f func(now time.Time)) { c.inbox <- f }
 
 func (c *Coordinator) startJob(r jobRecord, cps runCheckpoints, now time.Time) {
 	r.State = subjects.JobCreated
-	jm := jobmaster.New(c.epoch, r.Spec, cps.restore)
+	jm := jobmaster.New(c.epoch, r.Spec, cps.restore, &c.attempts)
 	cc := checkpoint.New(checkpoint.Config{Job: r.Spec.Name, Epoch: c.epoch, Spec: r.Spec.Checkpoint,
 		Parallelism: r.Spec.Parallelism, MaxParallelism: r.Spec.MaxParallelism}, cps.retained, cps.latest)
 	c.jobs[r.Spec.Name] = &jobEntry{jm: jm, cc: cc, rec: r, from: cps.from}

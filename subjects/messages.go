@@ -83,6 +83,10 @@ type Heartbeat struct {
 	Instance string       `json:"instance"`
 	Epoch    uint64       `json:"epoch"`
 	Slots    []SlotReport `json:"slots"`
+	// Leaving is set on the last heartbeat of a worker that is shutting
+	// down: the coordinator fails its tasks over at once instead of waiting
+	// for the heartbeat timeout.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 func (*Heartbeat) MsgType() Type { return TypeHeartbeat }

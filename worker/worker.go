@@ -145,6 +145,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		subs = append(subs, sub)
 	}
 	w.log.Info("worker starting", "slots", w.cfg.Slots, "operators", w.ops, "prefix", w.ns.Prefix())
+	defer w.leave()
 
 	for ctx.Err() == nil && !w.nc.IsClosed() {
 		resp, ok := w.register(ctx)
@@ -165,6 +166,25 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // shutdown stops every task and waits for them. It may be called more
 // than once.
+// leave tells the coordinator, best effort, that this worker is going, so
+// that its tasks move now rather than after the heartbeat timeout. It runs
+// before the tasks stop: nothing new can be deployed to a worker the
+// coordinator has let go.
+func (w *Worker) leave() {
+	w.mu.Lock()
+	hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: w.table.report(), Leaving: true}
+	w.mu.Unlock()
+	if hb.Instance == "" || w.nc.IsClosed() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var resp subjects.HeartbeatResponse
+	if err := w.request(ctx, w.ns.Heartbeat(w.name), &hb, &resp, time.Second); err != nil {
+		w.log.Debug("leaving: coordinator not told", "err", err)
+	}
+}
+
 func (w *Worker) shutdown() {
 	w.mu.Lock()
 	w.closing = true

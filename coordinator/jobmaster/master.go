@@ -109,7 +109,7 @@ type Master struct {
 	state    subjects.JobState
 	pool     map[string]*slot
 	tasks    []*task
-	attempts uint64
+	attempts *uint64 // shared by every job master of the coordinator
 	restarts int
 	failures int // consecutive, for the restart delay
 	lastFail time.Time
@@ -127,8 +127,11 @@ type RestorePoint struct {
 
 // New returns the master of a job with spec (defaults filled, validated)
 // that restores from the newest of restore (nil for a fresh start).
-func New(epoch uint64, spec subjects.JobSpec, restore []RestorePoint) *Master {
-	m := &Master{epoch: epoch, spec: spec, state: subjects.JobCreated, pool: map[string]*slot{}}
+// attempts counts the deployments of the coordinator's epoch; every job
+// master of the coordinator must share it, so that an attempt number never
+// repeats within the epoch, even across runs of the same job.
+func New(epoch uint64, spec subjects.JobSpec, restore []RestorePoint, attempts *uint64) *Master {
+	m := &Master{epoch: epoch, spec: spec, state: subjects.JobCreated, pool: map[string]*slot{}, attempts: attempts}
 	for _, r := range restore {
 		m.CheckpointCompleted(r.ID, r.Handles)
 	}
@@ -460,9 +463,12 @@ func (m *Master) deployWaiting(now time.Time) []Action {
 		}
 		s := free[0]
 		free = free[1:]
-		m.attempts++
+		*m.attempts++
+		if *m.attempts >= 1<<20 {
+			panic("jobmaster: more than 2^20 deployments in one coordinator epoch")
+		}
 		s.task = t.index
-		t.alloc, t.worker, t.attempt = s.alloc, s.worker, m.epoch<<20|m.attempts
+		t.alloc, t.worker, t.attempt = s.alloc, s.worker, m.epoch<<20|*m.attempts
 		t.state, t.since, t.restoredID = subjects.TaskDeploying, now, rp.ID
 		acts = append(acts, Deploy{Req: subjects.DeployTask{
 			Epoch: m.epoch, Worker: s.worker, Allocation: s.alloc, TaskRef: m.ref(t),

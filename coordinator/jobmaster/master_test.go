@@ -33,6 +33,7 @@ func TestScenarios(t *testing.T) {
 		start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 		now := start
 		var m *Master
+		var attempts uint64
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			arg := func(k string) string { return tracetest.Arg(d, k) }
 			num := func(k string) int { return tracetest.Int(d, k) }
@@ -51,7 +52,7 @@ func TestScenarios(t *testing.T) {
 					}
 					restore = append(restore, RestorePoint{ID: uint64(r), Handles: handles})
 				}
-				m = New(1, spec, restore)
+				m = New(1, spec, restore, &attempts)
 				return "ok\n"
 			case "start":
 				return format(m.Start(now))
@@ -161,4 +162,33 @@ func format(acts []Action) string {
 		}
 	}
 	return b.String()
+}
+
+// TestAttemptsNeverRepeatWithinAnEpoch: a job resubmitted under the same
+// coordinator gets new attempt numbers, so nothing of the previous run (its
+// consumers, its late acks and status reports) can pass for the new one.
+func TestAttemptsNeverRepeatWithinAnEpoch(t *testing.T) {
+	spec := subjects.JobSpec{Name: "clicks", Parallelism: 2,
+		Source:   subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
+		Operator: subjects.OperatorSpec{Type: "count"}}.WithDefaults()
+	var attempts uint64
+	seen := map[uint64]bool{}
+	now := time.Now()
+	for run := 0; run < 3; run++ {
+		m := New(7, spec, nil, &attempts)
+		m.Start(now)
+		_, acts := m.Offer("w1", []subjects.OfferedSlot{{Slot: 0, Allocation: "a1"}, {Slot: 1, Allocation: "a2"}}, now)
+		for _, a := range acts {
+			if d, ok := a.(Deploy); ok {
+				if seen[d.Req.Attempt] || d.Req.Attempt>>20 != 7 {
+					t.Fatalf("run %d: attempt %d repeated or not of epoch 7", run, d.Req.Attempt)
+				}
+				seen[d.Req.Attempt] = true
+			}
+		}
+		m.Cancel("resubmit", now)
+	}
+	if len(seen) != 6 {
+		t.Fatalf("%d attempts, want 6", len(seen))
+	}
 }

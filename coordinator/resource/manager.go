@@ -151,6 +151,9 @@ func (m *Manager) Heartbeat(hb *subjects.Heartbeat, now time.Time) (subjects.Hea
 		return subjects.HeartbeatResponse{Epoch: m.cfg.Epoch,
 			Error: subjects.Errorf(subjects.CodeUnknownWorker, "worker %s instance %s is not registered", hb.Worker, hb.Instance)}, nil
 	}
+	if hb.Leaving {
+		return subjects.HeartbeatResponse{Epoch: m.cfg.Epoch}, append([]Action{m.lose(w, "shut down")}, m.schedule(now)...)
+	}
 	w.lastSeen = now
 	w.info.LastHeartbeat = now
 	// Reconcile the slot report: what the worker holds wins for allocations

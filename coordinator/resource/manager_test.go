@@ -55,7 +55,7 @@ func TestScenarios(t *testing.T) {
 						inst = "none"
 					}
 				}
-				hb := &subjects.Heartbeat{Worker: first, Instance: inst, Epoch: 1}
+				hb := &subjects.Heartbeat{Worker: first, Instance: inst, Epoch: 1, Leaving: arg("leaving") != ""}
 				if s := arg("slots"); s != "" {
 					for _, p := range strings.Split(s, ",") {
 						var slot int

@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strings"
 	"testing"
 	"time"
 
 	"flotilla/coordinator/checkpoint"
 	"flotilla/internal/testutil"
+	"flotilla/objectstore"
 	"flotilla/subjects"
 )
 
@@ -198,7 +198,11 @@ func TestRetention(t *testing.T) {
 	}
 	referenced := map[string]bool{}
 	for _, cp := range cps {
-		cp.Location = strings.TrimPrefix(cp.Location, strings.TrimSuffix(f.store.Location(), "/")+"/")
+		key, err := objectstore.KeyOf(f.store.Location(), cp.Location)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp.Location = key
 		for _, file := range checkpoint.Files(cp) {
 			referenced[file] = true
 		}
