@@ -184,6 +184,8 @@ func (c *Coordinator) locationOf(key string) string {
 // the configured store: a full location must lie inside the store, a bare
 // key is taken as relative to it. Anything else is CodeInvalidLocation.
 func (c *Coordinator) resolveLocation(loc string) (string, error) {
+	// KeyOf refuses locations carrying credentials and never repeats
+	// secrets in its errors.
 	key, err := objectstore.KeyOf(c.cfg.Store.Location(), loc)
 	if err != nil {
 		return "", subjects.Errorf(subjects.CodeInvalidLocation, "%v", err)

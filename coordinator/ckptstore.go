@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -56,15 +57,33 @@ func recordKey(r subjects.CheckpointRecord) string {
 }
 
 // commit stores r, then moves the job's latest pointer to it with
-// compare-and-set. It fails if a newer checkpoint was committed meanwhile.
-func (s *ckptStore) commit(ctx context.Context, r subjects.CheckpointRecord) error {
+// compare-and-set, unless a newer checkpoint or savepoint committed first
+// (they run concurrently): a record at or below the latest pointer is
+// committed once stored, so an older one completes without moving it.
+//
+// When it fails for want of an answer (a timeout, NATS away), the record
+// may be stored all the same: the server may have stored it without its
+// answer arriving, or the request may wait in the connection's reconnect
+// buffer and reach the server after the caller has aborted the checkpoint.
+// Once a later checkpoint moves the latest pointer past it, such a record
+// would read as completed (see load), although the tasks were told it
+// aborted and retention may delete the shared files it references. So a
+// failed commit deletes the record again, on the same connection: the
+// delete reaches the server after any such put.
+func (s *ckptStore) commit(ctx context.Context, r subjects.CheckpointRecord) (err error) {
 	b, err := subjects.Encode(&r)
 	if err != nil {
 		return err
 	}
-	if _, err := s.kv.Put(ctx, recordKey(r), b); err != nil {
+	if _, err = s.kv.Put(ctx, recordKey(r), b); err != nil {
+		s.forget(r)
 		return err
 	}
+	defer func() {
+		if err != nil {
+			s.forget(r)
+		}
+	}()
 	ptr, _ := json.Marshal(latestPointer{ID: r.ID, Kind: r.Kind, Location: r.Location})
 	key := r.Job + ".latest"
 	for attempt := 0; attempt < 5; attempt++ {
@@ -82,7 +101,7 @@ func (s *ckptStore) commit(ctx context.Context, r subjects.CheckpointRecord) err
 				return fmt.Errorf("corrupt latest pointer of %s: %w", r.Job, err)
 			}
 			if cur.ID >= r.ID {
-				return fmt.Errorf("checkpoint %d of %s is not newer than committed %d", r.ID, r.Job, cur.ID)
+				return nil
 			}
 			if _, err = s.kv.Update(ctx, key, ptr, e.Revision()); err == nil {
 				return nil
@@ -90,6 +109,17 @@ func (s *ckptStore) commit(ctx context.Context, r subjects.CheckpointRecord) err
 		}
 	}
 	return fmt.Errorf("latest pointer of %s: too much contention", r.Job)
+}
+
+// forgetTimeout bounds forget's delete.
+const forgetTimeout = 5 * time.Second
+
+// forget deletes the record of a failed commit, best effort (a record it
+// leaves behind can only ever be an older restore point; see commit).
+func (s *ckptStore) forget(r subjects.CheckpointRecord) {
+	ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
+	defer cancel()
+	_ = s.kv.Delete(ctx, recordKey(r))
 }
 
 // jobCheckpoints is what the store knows of one job.

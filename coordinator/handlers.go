@@ -93,6 +93,13 @@ func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
 		respond(msg, &subjects.HeartbeatResponse{Error: subjects.AsError(err)})
 		return
 	}
+	// The subject names the worker, so that subject permissions can bind a
+	// NATS user to the worker it may heartbeat for: the body must agree.
+	if tok := subjects.LastToken(msg.Subject); tok != hb.Worker {
+		respond(msg, &subjects.HeartbeatResponse{Error: subjects.Errorf(subjects.CodeInvalidArgument,
+			"heartbeat of worker %q on the subject of worker %q", hb.Worker, tok)})
+		return
+	}
 	c.enqueue(func(now time.Time) {
 		resp, acts := c.rm.Heartbeat(&hb, now)
 		respond(msg, &resp)

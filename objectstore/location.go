@@ -36,21 +36,24 @@ func KeyOf(base, location string) (string, error) {
 	}
 	b, err := url.Parse(base)
 	if err != nil {
-		return "", fmt.Errorf("%w: store location %q: %v", ErrInvalidLocation, base, err)
+		return "", fmt.Errorf("%w: store location %s", ErrInvalidLocation, Redact(base))
 	}
 	l, err := url.Parse(location)
 	if err != nil {
-		return "", fmt.Errorf("%w: %q: %v", ErrInvalidLocation, location, err)
+		return "", fmt.Errorf("%w: %s is not a location", ErrInvalidLocation, Redact(location))
+	}
+	if l.User != nil {
+		return "", fmt.Errorf("%w: %s: a location must not carry credentials", ErrInvalidLocation, Redact(location))
 	}
 	root := strings.TrimSuffix(b.Path, "/") + "/"
 	outside := l.Scheme != b.Scheme || l.Host != b.Host || !strings.HasPrefix(l.Path, root) ||
 		(l.RawQuery != "" && !sameQuery(l.Query(), b.Query()))
 	if outside {
-		return "", fmt.Errorf("%w: %q is outside the store %s", ErrInvalidLocation, location, Redact(base))
+		return "", fmt.Errorf("%w: %s is outside the store %s", ErrInvalidLocation, Redact(location), Redact(base))
 	}
 	key := strings.Trim(strings.TrimPrefix(l.Path, root), "/")
 	if err := ValidateKey(key); err != nil {
-		return "", fmt.Errorf("%w: %q: %v", ErrInvalidLocation, location, err)
+		return "", fmt.Errorf("%w: %s: %v", ErrInvalidLocation, Redact(location), err)
 	}
 	return key, nil
 }
@@ -67,13 +70,26 @@ func sameQuery(a, b url.Values) bool {
 	return true
 }
 
-// Redact returns location without any credentials it might carry in its
-// user info.
+// Redact returns location fit for errors and logs: without user info, and
+// with query values other than the endpoint and the plain options hidden,
+// since a location may carry credentials there. An unparseable location is
+// hidden entirely.
 func Redact(location string) string {
 	u, err := url.Parse(location)
-	if err != nil || u.User == nil {
-		return location
+	if err != nil {
+		return "(unparseable location)"
 	}
 	u.User = nil
+	if u.RawQuery != "" {
+		q := u.Query()
+		for k := range q {
+			switch k {
+			case "endpoint", "secure", "region", "path_style":
+			default:
+				q.Set(k, "REDACTED")
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
 	return u.String()
 }

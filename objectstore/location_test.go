@@ -2,6 +2,7 @@ package objectstore
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -39,6 +40,21 @@ func TestLocations(t *testing.T) {
 	} {
 		if _, err := KeyOf(base, bad); !errors.Is(err, ErrInvalidLocation) {
 			t.Errorf("KeyOf(%q): %v, want ErrInvalidLocation", bad, err)
+		}
+	}
+}
+
+func TestKeyOfNeverEchoesSecrets(t *testing.T) {
+	base := "s3://bucket/ckpt?endpoint=minio:9000"
+	for _, loc := range []string{
+		"s3://bucket/other/x?endpoint=minio:9000&secret_key=hunter2",
+		"s3://user:hunter2@bucket/ckpt/x",
+		"s3://bucket/ckpt/../x?access_key=a&secret_key=hunter2",
+		"s3://bucket/%zz?secret_key=hunter2",
+	} {
+		_, err := KeyOf(base, loc)
+		if err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("KeyOf(%q): %v", loc, err)
 		}
 	}
 }

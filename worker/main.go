@@ -6,15 +6,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
-	"github.com/nats-io/nats.go"
-
-	"flotilla/objectstore"
-	"flotilla/subjects"
+	"flotilla/internal/cli"
 )
 
 // Main runs a worker from command-line arguments (without the program
@@ -27,8 +23,11 @@ import (
 //		os.Exit(worker.Main(os.Args[1:]))
 //	}
 //
-// Flags default to the environment: NATS_URL, FLOTILLA_PREFIX,
-// FLOTILLA_STORE, FLOTILLA_DATA, FLOTILLA_WORKER_NAME.
+// Flags default to the environment: NATS_URL, the NATS credentials and TLS
+// settings every flotilla command takes (NATS_CREDS, NATS_NKEY,
+// NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CERT/NATS_KEY/NATS_CA,
+// NATS_INBOX_PREFIX), FLOTILLA_PREFIX, FLOTILLA_STORE, FLOTILLA_DATA,
+// FLOTILLA_WORKER_NAME.
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -42,15 +41,14 @@ func Main(args []string) int {
 	return 0
 }
 
-// Flags are the command-line settings of Main.
+// Flags are the command-line settings of Main: the settings every flotilla
+// process shares (NATS URL, credentials and TLS, prefix, store, logging)
+// and the worker's own.
 type Flags struct {
-	NATS     string
-	Prefix   string
-	Store    string
-	DataDir  string
-	Name     string
-	Slots    int
-	LogLevel string
+	cli.Common
+	DataDir string
+	Name    string
+	Slots   int
 }
 
 // ParseFlags parses Main's arguments.
@@ -58,13 +56,10 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	f := Flags{}
 	fs := flag.NewFlagSet("flotilla worker", flag.ContinueOnError)
 	fs.SetOutput(output)
-	fs.StringVar(&f.NATS, "nats", envOr("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma separated")
-	fs.StringVar(&f.Prefix, "prefix", envOr("FLOTILLA_PREFIX", subjects.DefaultPrefix), "subject prefix of the fleet")
-	fs.StringVar(&f.Store, "store", os.Getenv("FLOTILLA_STORE"), "object store location for checkpoints (file:///dir or s3://bucket/prefix?endpoint=...)")
-	fs.StringVar(&f.DataDir, "data", envOr("FLOTILLA_DATA", "flotilla-worker"), "directory for the worker's identity and task state")
+	f.Common.Register(fs, true)
+	fs.StringVar(&f.DataDir, "data", cli.Env("FLOTILLA_DATA", "flotilla-worker"), "directory for the worker's identity and task state")
 	fs.StringVar(&f.Name, "name", os.Getenv("FLOTILLA_WORKER_NAME"), "worker name (default: kept in <data>/"+IDFile+")")
 	fs.IntVar(&f.Slots, "slots", 1, "number of task slots")
-	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
@@ -77,32 +72,26 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	return f, nil
 }
 
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
-}
-
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	f, err := ParseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.LogLevel)); err != nil {
-		return fmt.Errorf("-log-level: %w", err)
-	}
-	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	ns, err := subjects.NewNamespace(f.Prefix)
+	logger, err := f.Logger(stderr)
 	if err != nil {
 		return err
 	}
-	store, err := objectstore.Open(ctx, f.Store, objectstore.Options{})
+	ns, err := f.Namespace()
 	if err != nil {
 		return err
 	}
-	nc, err := nats.Connect(f.NATS, nats.Name("flotilla worker"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	// Like the coordinator, wait for a store that does not answer yet (MinIO
+	// down or still starting): start order must not matter.
+	store, err := f.OpenStore(ctx, logger)
+	if err != nil {
+		return err
+	}
+	nc, err := f.Connect("flotilla worker", true, cli.LogConnection(logger))
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,7 @@ func runCoordinator(ctx context.Context, args []string, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	nc, err := c.Connect("flotilla coordinator", true)
+	nc, err := c.Connect("flotilla coordinator", true, cli.LogConnection(log))
 	if err != nil {
 		return err
 	}

@@ -38,8 +38,9 @@ A savepoint can also be triggered with a plain NATS message:
   nats pub flotilla.trigger.savepoint.JOB ''     (nats req ... to get the outcome)
 
 Every command takes --help. Connection settings come from flags or the
-environment: NATS_URL, NATS_CREDS, NATS_USER/NATS_PASSWORD, NATS_TOKEN,
-NATS_CERT/NATS_KEY/NATS_CA, FLOTILLA_PREFIX, FLOTILLA_STORE.
+environment: NATS_URL, NATS_CREDS, NATS_NKEY, NATS_USER/NATS_PASSWORD,
+NATS_TOKEN, NATS_CERT/NATS_KEY/NATS_CA, NATS_INBOX_PREFIX, FLOTILLA_PREFIX,
+FLOTILLA_STORE.
 `
 
 func main() {

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"flotilla/statebackend"
+	"flotilla/statebackend/keygroup"
 	"flotilla/subjects"
 )
 
@@ -286,7 +287,8 @@ func (c *Coordinator) trigger(kind subjects.CheckpointKind, format statebackend.
 // Ack records a task's ack. Acks for unknown, aborted or completed
 // checkpoints, from attempts that did not get the barrier or from a worker
 // other than the one the attempt was deployed to, with a handle of the
-// wrong format, and duplicates are ignored.
+// wrong format or for key groups other than the task's, and duplicates are
+// ignored.
 func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 	p := c.pending[a.Checkpoint]
 	switch {
@@ -300,6 +302,9 @@ func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 		return nil, fmt.Sprintf("ack for checkpoint %d from task %d attempt %d on worker %s; the attempt runs on %s", a.Checkpoint, a.Task, a.Attempt, a.Worker, p.workers[a.Task])
 	case a.Handle.Format != p.format:
 		return nil, fmt.Sprintf("ack for checkpoint %d with a %s handle, want %s", a.Checkpoint, a.Handle.Format, p.format)
+	case a.Handle.Range != keygroup.ForTask(a.Task, c.cfg.Parallelism, c.cfg.MaxParallelism):
+		return nil, fmt.Sprintf("ack for checkpoint %d from task %d with key groups %s; the task owns %s", a.Checkpoint, a.Task,
+			a.Handle.Range, keygroup.ForTask(a.Task, c.cfg.Parallelism, c.cfg.MaxParallelism))
 	}
 	if _, dup := p.acks[a.Task]; dup {
 		return nil, fmt.Sprintf("duplicate ack for checkpoint %d from task %d", a.Checkpoint, a.Task)
@@ -361,6 +366,9 @@ func (c *Coordinator) Committed(id uint64, err error, now time.Time) []Action {
 	if p.kind == subjects.KindCheckpoint {
 		c.failures = 0
 		c.retained = append(c.retained, p.record)
+		// Checkpoints may complete out of id order (max_concurrent > 1):
+		// keep the oldest first, for retention.
+		sort.Slice(c.retained, func(i, j int) bool { return c.retained[i].ID < c.retained[j].ID })
 		// Older pending checkpoints are subsumed: they can only complete
 		// out of order, and restoring prefers the newest anyway.
 		for _, oid := range c.Pending() {

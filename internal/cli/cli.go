@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,20 +23,29 @@ import (
 )
 
 // Common is the shared settings.
+//
+// NATS authentication is one of Creds (a credentials file: user JWT and
+// seed, for servers in operator mode), NKey (a file holding a user nkey
+// seed), User and Password, or Token; TLSCert and TLSKey add a client
+// certificate (mutual TLS, which a server may also use to identify the
+// user) and TLSCA the CA that verifies the server. InboxPrefix replaces
+// "_INBOX" in the subjects on which the process receives replies, so that
+// a server can let each user subscribe to its own replies only.
 type Common struct {
-	NATS     string
-	Creds    string
-	NKey     string
-	User     string
-	Password string
-	Token    string
-	TLSCert  string
-	TLSKey   string
-	TLSCA    string
-	Prefix   string
-	Store    string
-	LogLevel string
-	LogJSON  bool
+	NATS        string
+	Creds       string
+	NKey        string
+	User        string
+	Password    string
+	Token       string
+	TLSCert     string
+	TLSKey      string
+	TLSCA       string
+	InboxPrefix string
+	Prefix      string
+	Store       string
+	LogLevel    string
+	LogJSON     bool
 }
 
 // Env returns the value of environment variable key, or def.
@@ -58,6 +68,7 @@ func (c *Common) Register(fs *flag.FlagSet, store bool) {
 	fs.StringVar(&c.TLSCert, "tlscert", os.Getenv("NATS_CERT"), "client TLS certificate (env NATS_CERT)")
 	fs.StringVar(&c.TLSKey, "tlskey", os.Getenv("NATS_KEY"), "client TLS key (env NATS_KEY)")
 	fs.StringVar(&c.TLSCA, "tlsca", os.Getenv("NATS_CA"), "CA to verify the NATS server (env NATS_CA)")
+	fs.StringVar(&c.InboxPrefix, "inbox-prefix", os.Getenv("NATS_INBOX_PREFIX"), "subject prefix of reply inboxes instead of _INBOX (env NATS_INBOX_PREFIX)")
 	fs.StringVar(&c.Prefix, "prefix", Env("FLOTILLA_PREFIX", subjects.DefaultPrefix), "subject prefix of the fleet (env FLOTILLA_PREFIX)")
 	if store {
 		fs.StringVar(&c.Store, "store", os.Getenv("FLOTILLA_STORE"), "object store for checkpoints: file:///dir or s3://bucket/prefix?endpoint=host:9000 (env FLOTILLA_STORE)")
@@ -136,14 +147,48 @@ func openStoreRetrying(ctx context.Context, log *slog.Logger, open func(context.
 	}
 }
 
-// Connect connects to NATS as name. A long-running process passes
-// forever=true: it waits for the server if it is not up yet and reconnects
-// forever; a command-line client fails fast.
-func (c *Common) Connect(name string, forever bool) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name)}
-	if forever {
-		opts = append(opts, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+// Connect connects to NATS as name with the configured authentication and
+// TLS, plus extra options (LogConnection, for one). A long-running process
+// passes forever=true: it waits for the server if it is not up yet and
+// reconnects forever, even when the server refuses its credentials (so
+// that a corrected server configuration or a rotated credentials file is
+// picked up without a restart); a command-line client fails fast. Connect
+// refuses settings that are ambiguous or incomplete (two kinds of
+// credentials, a password without a user, a certificate without its key)
+// rather than pick one silently.
+func (c *Common) Connect(name string, forever bool, extra ...nats.Option) (*nats.Conn, error) {
+	opts, err := c.natsOptions()
+	if err != nil {
+		return nil, err
 	}
+	opts = append([]nats.Option{nats.Name(name)}, opts...)
+	if forever {
+		opts = append(opts, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.IgnoreAuthErrorAbort())
+	}
+	nc, err := nats.Connect(strings.TrimSpace(c.NATS), append(opts, extra...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", c.NATS, err)
+	}
+	return nc, nil
+}
+
+// natsOptions returns the authentication, TLS and inbox options.
+func (c *Common) natsOptions() ([]nats.Option, error) {
+	var kinds []string
+	for _, k := range []struct{ flag, value string }{{"-creds", c.Creds}, {"-nkey", c.NKey}, {"-user", c.User}, {"-token", c.Token}} {
+		if k.value != "" {
+			kinds = append(kinds, k.flag)
+		}
+	}
+	switch {
+	case len(kinds) > 1:
+		return nil, fmt.Errorf("more than one kind of NATS credentials (%s, from flags or the environment): set one", strings.Join(kinds, ", "))
+	case c.Password != "" && c.User == "":
+		return nil, errors.New("-password (NATS_PASSWORD) is set without -user (NATS_USER)")
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return nil, errors.New("a client certificate needs both -tlscert (NATS_CERT) and -tlskey (NATS_KEY)")
+	}
+	var opts []nats.Option
 	switch {
 	case c.Creds != "":
 		opts = append(opts, nats.UserCredentials(c.Creds))
@@ -158,15 +203,56 @@ func (c *Common) Connect(name string, forever bool) (*nats.Conn, error) {
 	case c.Token != "":
 		opts = append(opts, nats.Token(c.Token))
 	}
-	if c.TLSCert != "" || c.TLSKey != "" {
+	if c.TLSCert != "" {
 		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
 	}
 	if c.TLSCA != "" {
 		opts = append(opts, nats.RootCAs(c.TLSCA))
 	}
-	nc, err := nats.Connect(strings.TrimSpace(c.NATS), opts...)
-	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS at %s: %w", c.NATS, err)
+	if c.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
 	}
-	return nc, nil
+	return opts, nil
+}
+
+// LogConnection returns an option that logs what a NATS connection would
+// otherwise keep to itself: asynchronous errors (a permissions violation
+// on a publish or a subscription, a slow consumer), failed connection
+// attempts (a refused password or certificate, a server that is down;
+// each distinct error at once, a repeated one at most once a minute),
+// disconnections, reconnections and the connection closing.
+func LogConnection(log *slog.Logger) nats.Option {
+	return func(o *nats.Options) error {
+		o.AsyncErrorCB = func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				log.Error("NATS", "err", err, "subscription", sub.Subject)
+				return
+			}
+			log.Error("NATS", "err", err)
+		}
+		var mu sync.Mutex
+		var last string
+		var lastAt time.Time
+		o.ReconnectErrCB = func(_ *nats.Conn, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil || (err.Error() == last && time.Since(lastAt) < time.Minute) {
+				return
+			}
+			last, lastAt = err.Error(), time.Now()
+			log.Warn("cannot connect to NATS; retrying", "err", err)
+		}
+		o.DisconnectedErrCB = func(nc *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("NATS disconnected", "err", err)
+			}
+		}
+		o.ReconnectedCB = func(nc *nats.Conn) { log.Info("NATS reconnected", "server", nc.ConnectedUrlRedacted()) }
+		o.ClosedCB = func(nc *nats.Conn) {
+			if err := nc.LastError(); err != nil {
+				log.Error("NATS connection closed", "err", err)
+			}
+		}
+		return nil
+	}
 }
