@@ -23,6 +23,7 @@ import (
 
 	"flotilla/coordinator/client"
 	"flotilla/internal/cli"
+	"flotilla/internal/fleettest"
 	"flotilla/internal/testutil"
 	"flotilla/objectstore"
 	"flotilla/subjects"
@@ -128,7 +129,7 @@ func runCountJob(t *testing.T, c cli.Common) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := logger(&logBuffer{})
+	log := logger(&fleettest.Buffer{})
 	coordNC, _ := dial(t, c, "flotilla coordinator", true)
 	workerNC, _ := dial(t, c, "flotilla worker", true)
 	clientNC, _ := dial(t, c, "flotilla cli", false)

@@ -7,9 +7,7 @@
 package auth
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,29 +25,12 @@ import (
 	"flotilla/coordinator"
 	"flotilla/coordinator/client"
 	"flotilla/internal/cli"
+	"flotilla/internal/fleettest"
 	"flotilla/internal/testutil"
 	"flotilla/objectstore"
 	"flotilla/subjects"
 	"flotilla/worker"
 )
-
-// logBuffer is a goroutine-safe buffer that slog handlers write to.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // logger returns a debug-level logger writing to buf, and also to stderr
 // when FLOTILLA_TEST_LOG is set.
@@ -207,17 +188,5 @@ func publish(t *testing.T, nc *nats.Conn, n, keys int, seed uint64, truth map[st
 // equals truth.
 func checkState(t *testing.T, api *client.Client, job string, truth map[string]int64) {
 	t.Helper()
-	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
-		for k, want := range truth {
-			res, err := api.State(context.Background(), job, k)
-			if err != nil {
-				return err
-			}
-			var got int64
-			if err := json.Unmarshal(res.Value, &got); err != nil || got != want {
-				return fmt.Errorf("key %s: state %s, want %d", k, res.Value, want)
-			}
-		}
-		return nil
-	})
+	fleettest.WaitCounts(t, api, job, truth, 30*time.Second)
 }

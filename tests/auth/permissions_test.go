@@ -14,6 +14,7 @@ import (
 
 	"flotilla/coordinator/client"
 	"flotilla/internal/cli"
+	"flotilla/internal/fleettest"
 	"flotilla/internal/testutil"
 	"flotilla/objectstore"
 	"flotilla/subjects"
@@ -69,7 +70,7 @@ func TestFleetUnderSubjectPermissions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &fleettest.Buffer{}
 	log := logger(logs)
 
 	coordNC, coordErrs := dial(t, as("coordinator"), "flotilla coordinator", true)

@@ -14,6 +14,7 @@ import (
 
 	"flotilla/coordinator/client"
 	"flotilla/internal/cli"
+	"flotilla/internal/fleettest"
 	"flotilla/internal/testutil"
 	"flotilla/objectstore"
 	"flotilla/subjects"
@@ -34,7 +35,7 @@ func TestS3CredentialsStayOutOfLogsAndMetadata(t *testing.T) {
 	loc := m.Location("flotilla", "fleet")
 	t.Setenv("AWS_ACCESS_KEY_ID", m.AccessKey)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
-	logs := &logBuffer{}
+	logs := &fleettest.Buffer{}
 	log := logger(logs)
 
 	coordStore, err := (&cli.Common{Store: loc}).OpenStore(ctx, log)

@@ -31,7 +31,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -39,6 +38,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla/coordinator/client"
+	"flotilla/internal/fleettest"
 	"flotilla/internal/testutil"
 	"flotilla/objectstore"
 	"flotilla/subjects"
@@ -642,7 +642,7 @@ func (c *cluster) startHostWorker() string {
 		"-log-level", "info")
 	cmd.Env = append(withoutComposeSettings(os.Environ()),
 		"AWS_ACCESS_KEY_ID="+c.user, "AWS_SECRET_ACCESS_KEY="+c.password)
-	out := &syncBuffer{}
+	out := &fleettest.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -674,23 +674,4 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = cryptorand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// syncBuffer is a bytes.Buffer safe for a process's writes and the test's
-// reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

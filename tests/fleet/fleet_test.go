@@ -5,7 +5,6 @@ package fleet
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -19,6 +18,7 @@ import (
 
 	"flotilla/coordinator"
 	"flotilla/coordinator/client"
+	"flotilla/internal/fleettest"
 	"flotilla/internal/testutil"
 	"flotilla/objectstore"
 	"flotilla/subjects"
@@ -153,19 +153,7 @@ func (f *fleet) publish(n, keys int, seed uint64, truth map[string]int64) {
 // checkState waits until every key's state equals truth.
 func (f *fleet) checkState(job string, truth map[string]int64, timeout time.Duration) {
 	f.t.Helper()
-	testutil.CheckFor(f.t, timeout, 100*time.Millisecond, func() error {
-		for k, want := range truth {
-			res, err := f.api.State(context.Background(), job, k)
-			if err != nil {
-				return err
-			}
-			var got int64
-			if err := json.Unmarshal(res.Value, &got); err != nil || got != want {
-				return fmt.Errorf("key %s: state %s, want %d", k, res.Value, want)
-			}
-		}
-		return nil
-	})
+	fleettest.WaitCounts(f.t, f.api, job, truth, timeout)
 }
 
 func TestCountJobAcrossWorkers(t *testing.T) {

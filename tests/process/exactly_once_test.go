@@ -2,7 +2,6 @@ package process
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -14,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"flotilla/coordinator/client"
+	"flotilla/internal/fleettest"
 	"flotilla/internal/testutil"
 	"flotilla/subjects"
 )
@@ -125,19 +125,7 @@ func TestExactlyOnceUnderKills(t *testing.T) {
 	w.start()
 	wg.Wait()
 
-	testutil.CheckFor(t, 2*time.Minute, 250*time.Millisecond, func() error {
-		for k, want := range truth {
-			res, err := api.State(ctx, "clicks", k)
-			if err != nil {
-				return err
-			}
-			var got int64
-			if err := json.Unmarshal(res.Value, &got); err != nil || got != want {
-				return fmt.Errorf("key %s: state %s, want %d", k, res.Value, want)
-			}
-		}
-		return nil
-	})
+	fleettest.WaitCounts(t, api, "clicks", truth, 2*time.Minute)
 	testutil.CheckFor(t, 30*time.Second, 250*time.Millisecond, func() error {
 		st, err := js.Stream(ctx, "COUNTS")
 		if err != nil {

@@ -5,7 +5,6 @@ package process
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -20,6 +19,7 @@ import (
 
 	"flotilla/coordinator"
 	"flotilla/coordinator/client"
+	"flotilla/internal/fleettest"
 	"flotilla/internal/testutil"
 	"flotilla/objectstore"
 	"flotilla/subjects"
@@ -163,16 +163,6 @@ func TestKilledWorkerProcess(t *testing.T) {
 				return fmt.Errorf("task %d on %q is %s", task.Task, task.Worker, task.State)
 			}
 		}
-		for k, want := range truth {
-			res, err := api.State(ctx, "clicks", k)
-			if err != nil {
-				return err
-			}
-			var got int64
-			if json.Unmarshal(res.Value, &got); got != want {
-				return fmt.Errorf("key %s = %d, want %d", k, got, want)
-			}
-		}
-		return nil
+		return fleettest.Counts(ctx, api, "clicks", truth)
 	})
 }
