@@ -1,14 +1,15 @@
 //go:build unix
 
 // Package chaos is flotilla's chaos harness: a cluster of separate
-// processes on loopback (nats-server with JetStream on file storage,
-// MinIO, a coordinator and four workers, all built from this module) runs
+// processes on loopback (nats-server with JetStream on file storage, built
+// at go.mod's version; MinIO; a coordinator and four workers) runs
 // a count job and a tumbling-window job over a known event stream while
 // the harness injects faults at seeded random moments: kill -9 and restart
 // of workers, the coordinator, nats-server and MinIO; MinIO down while
-// checkpoints upload; a worker paused with SIGSTOP past its heartbeat
-// timeout and resumed (a zombie that must be fenced); a savepoint
-// requested during a failover; a worker restarted while MinIO is down.
+// checkpoints upload; nats-server down while a checkpoint commits; a
+// worker paused with SIGSTOP past its heartbeat timeout and resumed (a
+// zombie that must be fenced); a savepoint requested during a failover; a
+// worker restarted while MinIO is down.
 //
 // At the end every key's state in both jobs is compared with the ground
 // truth derived from the source stream as stored, the sink streams with
@@ -17,9 +18,9 @@
 //	faults injected N, checkpoints completed C, keys checked K, lost L, duplicated D
 //
 // It fails unless L and D are 0, no process exited by itself, no zombie
-// completed a checkpoint, every completed checkpoint's objects exist, and
-// a savepoint taken at the end restores (at another parallelism) to the
-// same state.
+// completed a checkpoint, every checkpoint JetStream holds as completed is
+// one the coordinator completed and its objects exist, and a savepoint
+// taken at the end restores (at another parallelism) to the same state.
 //
 // Settings (environment):
 //
