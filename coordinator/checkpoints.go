@@ -20,8 +20,8 @@ import (
 // savepointWaiter is someone waiting for a savepoint's outcome: a trigger
 // request, an API call, or a stop/rescale in progress.
 type savepointWaiter struct {
-	reply   responder // nil: nobody to answer
-	rescale int       // > 0: resubmit at this parallelism once stopped
+	reply   subjects.Responder // nil: nobody to answer
+	rescale int                // > 0: resubmit at this parallelism once stopped
 }
 
 // doCC carries out checkpoint-coordinator actions of job.
@@ -171,7 +171,7 @@ func (c *Coordinator) savepointDone(job string, a checkpoint.SavepointDone, now 
 		}
 	}
 	if ok && w.reply != nil {
-		respond(w.reply, &res)
+		subjects.Reply(w.reply, &res)
 	}
 }
 
@@ -248,7 +248,7 @@ func (c *Coordinator) onDecline(msg *nats.Msg) {
 
 // onTriggerSavepoint handles `nats pub|req flotilla.trigger.savepoint.<job>`.
 func (c *Coordinator) onTriggerSavepoint(msg *nats.Msg) {
-	var r responder
+	var r subjects.Responder
 	if msg.Reply != "" {
 		r = msg
 	}
@@ -266,10 +266,10 @@ func (c *Coordinator) onTriggerSavepoint(msg *nats.Msg) {
 	c.triggerSavepoint(t, savepointWaiter{reply: r})
 }
 
-func (c *Coordinator) savepointError(r responder, job string, err error) {
+func (c *Coordinator) savepointError(r subjects.Responder, job string, err error) {
 	c.log.Warn("savepoint refused", "job", job, "err", err)
 	if r != nil {
-		respond(r, &subjects.SavepointResult{Job: job, Error: subjects.AsError(err)})
+		subjects.Reply(r, &subjects.SavepointResult{Job: job, Error: subjects.AsError(err)})
 	}
 }
 

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -18,20 +19,7 @@ import (
 // Version is reported by the user API service.
 const Version = "0.1.0"
 
-// respond encodes m as the reply to msg; a message that fails to encode is
-// a bug, answered with CodeInternal rather than silence.
-func respond(msg responder, m subjects.Message) {
-	b, err := subjects.Encode(m)
-	if err != nil {
-		b = subjects.MustEncode(&subjects.Response{Error: subjects.AsError(err)})
-	}
-	_ = msg.Respond(b)
-}
-
-// responder is a *nats.Msg or a micro.Request.
-type responder interface{ Respond([]byte) error }
-
-// microResponder adapts a micro.Request to responder.
+// microResponder adapts a micro.Request to subjects.Responder.
 type microResponder struct{ micro.Request }
 
 func (r microResponder) Respond(b []byte) error { return r.Request.Respond(b) }
@@ -46,7 +34,7 @@ func (c *Coordinator) subscribe() ([]*nats.Subscription, micro.Service, error) {
 		}
 		return err
 	}
-	err := firstError(
+	err := errors.Join(
 		sub(c.ns.Register(), c.onRegister),
 		sub(c.ns.HeartbeatAll(), c.onHeartbeat),
 		sub(c.ns.JobWildcard("offer"), c.onOffer),
@@ -65,24 +53,15 @@ func (c *Coordinator) subscribe() ([]*nats.Subscription, micro.Service, error) {
 	return subs, svc, c.nc.Flush()
 }
 
-func firstError(errs ...error) error {
-	for _, e := range errs {
-		if e != nil {
-			return e
-		}
-	}
-	return nil
-}
-
 func (c *Coordinator) onRegister(msg *nats.Msg) {
 	var req subjects.RegisterRequest
 	if err := subjects.Decode(msg.Data, &req); err != nil {
-		respond(msg, &subjects.RegisterResponse{Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.RegisterResponse{Error: subjects.AsError(err)})
 		return
 	}
 	c.enqueue(func(now time.Time) {
 		resp, acts := c.rm.Register(&req, now)
-		respond(msg, &resp)
+		subjects.Reply(msg, &resp)
 		c.doRM(acts, now)
 	})
 }
@@ -90,19 +69,19 @@ func (c *Coordinator) onRegister(msg *nats.Msg) {
 func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
 	var hb subjects.Heartbeat
 	if err := subjects.Decode(msg.Data, &hb); err != nil {
-		respond(msg, &subjects.HeartbeatResponse{Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.HeartbeatResponse{Error: subjects.AsError(err)})
 		return
 	}
 	// The subject names the worker, so that subject permissions can bind a
 	// NATS user to the worker it may heartbeat for: the body must agree.
 	if tok := subjects.LastToken(msg.Subject); tok != hb.Worker {
-		respond(msg, &subjects.HeartbeatResponse{Error: subjects.Errorf(subjects.CodeInvalidArgument,
+		subjects.Reply(msg, &subjects.HeartbeatResponse{Error: subjects.Errorf(subjects.CodeInvalidArgument,
 			"heartbeat of worker %q on the subject of worker %q", hb.Worker, tok)})
 		return
 	}
 	c.enqueue(func(now time.Time) {
 		resp, acts := c.rm.Heartbeat(&hb, now)
-		respond(msg, &resp)
+		subjects.Reply(msg, &resp)
 		c.doRM(acts, now)
 	})
 }
@@ -110,12 +89,12 @@ func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
 func (c *Coordinator) onOffer(msg *nats.Msg) {
 	var o subjects.SlotOffer
 	if err := subjects.Decode(msg.Data, &o); err != nil {
-		respond(msg, &subjects.OfferResponse{Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.OfferResponse{Error: subjects.AsError(err)})
 		return
 	}
 	c.enqueue(func(now time.Time) {
 		if o.Epoch != c.epoch {
-			respond(msg, &subjects.OfferResponse{Error: subjects.Errorf(subjects.CodeStaleEpoch, "offer for epoch %d, coordinator epoch is %d", o.Epoch, c.epoch)})
+			subjects.Reply(msg, &subjects.OfferResponse{Error: subjects.Errorf(subjects.CodeStaleEpoch, "offer for epoch %d, coordinator epoch is %d", o.Epoch, c.epoch)})
 			return
 		}
 		// Only allocations the resource manager requested for this job on
@@ -134,7 +113,7 @@ func (c *Coordinator) onOffer(msg *nats.Msg) {
 			accepted, acts = e.jm.Offer(o.Worker, valid, now)
 			c.doJM(o.Job, acts, now)
 		}
-		respond(msg, &subjects.OfferResponse{Accepted: accepted})
+		subjects.Reply(msg, &subjects.OfferResponse{Accepted: accepted})
 		taken := map[string]bool{}
 		for _, a := range accepted {
 			taken[a] = true
@@ -179,7 +158,7 @@ func (c *Coordinator) addService() (micro.Service, error) {
 	add := func(endpoint string, h micro.HandlerFunc) error {
 		return g.AddEndpoint(strings.ReplaceAll(endpoint, ".", "_"), h, micro.WithEndpointSubject(endpoint))
 	}
-	err = firstError(
+	err = errors.Join(
 		add(subjects.APIJobSubmit, c.apiSubmit),
 		add(subjects.APIJobList, c.apiJobList),
 		add(subjects.APIJobStatus, c.apiJobStatus),
@@ -203,14 +182,14 @@ func (c *Coordinator) addService() (micro.Service, error) {
 func (c *Coordinator) apiSubmit(r micro.Request) {
 	var req subjects.SubmitJob
 	if err := subjects.Decode(r.Data(), &req); err != nil {
-		respond(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
+		subjects.Reply(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
 		return
 	}
 	info, err := c.submit(req.Spec, req.FromSavepoint)
 	if err != nil {
 		info = subjects.JobInfo{Job: req.Spec.Name, Error: subjects.AsError(err)}
 	}
-	respond(microResponder{r}, &info)
+	subjects.Reply(microResponder{r}, &info)
 }
 
 // submit starts a new run of a job, from a savepoint or checkpoint location
@@ -288,7 +267,7 @@ func (c *Coordinator) checkOperator(spec subjects.JobSpec) error {
 func (c *Coordinator) jobRequest(r micro.Request) (subjects.JobRequest, bool) {
 	var req subjects.JobRequest
 	if err := subjects.Decode(r.Data(), &req); err != nil {
-		respond(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
+		subjects.Reply(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
 		return req, false
 	}
 	return req, true
@@ -309,7 +288,7 @@ func (c *Coordinator) apiJobStatus(r micro.Request) {
 		}
 		return subjects.JobInfo{Error: unknownJob(req.Job)}
 	})
-	respond(microResponder{r}, &info)
+	subjects.Reply(microResponder{r}, &info)
 }
 
 func (c *Coordinator) apiJobCancel(r micro.Request) {
@@ -326,7 +305,7 @@ func (c *Coordinator) apiJobCancel(r micro.Request) {
 		c.doJM(req.Job, e.jm.Cancel("canceled by user", now), now)
 		return e.jm.Info()
 	})
-	respond(microResponder{r}, &info)
+	subjects.Reply(microResponder{r}, &info)
 }
 
 func (c *Coordinator) apiJobList(r micro.Request) {
@@ -339,24 +318,24 @@ func (c *Coordinator) apiJobList(r micro.Request) {
 		}
 		return out
 	})
-	respond(microResponder{r}, &list)
+	subjects.Reply(microResponder{r}, &list)
 }
 
 func (c *Coordinator) apiWorkerList(r micro.Request) {
 	list := call(c, func(time.Time) subjects.WorkerList {
 		return subjects.WorkerList{Workers: append([]subjects.WorkerInfo{}, c.rm.Workers()...)}
 	})
-	respond(microResponder{r}, &list)
+	subjects.Reply(microResponder{r}, &list)
 }
 
 func (c *Coordinator) apiStateGet(r micro.Request) {
 	var q subjects.StateQuery
 	if err := subjects.Decode(r.Data(), &q); err != nil {
-		respond(microResponder{r}, &subjects.StateResult{Error: subjects.AsError(err)})
+		subjects.Reply(microResponder{r}, &subjects.StateResult{Error: subjects.AsError(err)})
 		return
 	}
 	if err := subjects.ValidateName("job", q.Job); err != nil {
-		respond(microResponder{r}, &subjects.StateResult{Error: subjects.AsError(err)})
+		subjects.Reply(microResponder{r}, &subjects.StateResult{Error: subjects.AsError(err)})
 		return
 	}
 	type lookup struct {
@@ -374,7 +353,7 @@ func (c *Coordinator) apiStateGet(r micro.Request) {
 		return lookup{m: e.jm.Spec().MaxParallelism}
 	})
 	if l.err != nil {
-		respond(microResponder{r}, &subjects.StateResult{Job: q.Job, Key: q.Key, Error: l.err})
+		subjects.Reply(microResponder{r}, &subjects.StateResult{Job: q.Job, Key: q.Key, Error: l.err})
 		return
 	}
 	g := keygroup.Of([]byte(q.Key), l.m)
@@ -382,7 +361,7 @@ func (c *Coordinator) apiStateGet(r micro.Request) {
 	defer cancel()
 	msg, err := c.nc.RequestWithContext(ctx, c.ns.StateQuery(q.Job, g), subjects.MustEncode(&q))
 	if err != nil {
-		respond(microResponder{r}, &subjects.StateResult{Job: q.Job, Key: q.Key, Group: g,
+		subjects.Reply(microResponder{r}, &subjects.StateResult{Job: q.Job, Key: q.Key, Group: g,
 			Error: subjects.Errorf(subjects.CodeUnavailable, "the task owning key group %d of %q did not answer (restarting?): %v", g, q.Job, err)})
 		return
 	}
@@ -409,7 +388,7 @@ func (c *Coordinator) apiJobStop(r micro.Request) {
 func (c *Coordinator) apiJobRescale(r micro.Request) {
 	var req subjects.RescaleJob
 	if err := subjects.Decode(r.Data(), &req); err != nil {
-		respond(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
+		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
 		return
 	}
 	maxP := call(c, func(time.Time) int {
@@ -419,7 +398,7 @@ func (c *Coordinator) apiJobRescale(r micro.Request) {
 		return 0
 	})
 	if maxP > 0 && req.Parallelism > maxP {
-		respond(microResponder{r}, &subjects.SavepointResult{Job: req.Job,
+		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Job: req.Job,
 			Error: subjects.Errorf(subjects.CodeParallelismTooHigh, "parallelism %d is above max_parallelism %d", req.Parallelism, maxP)})
 		return
 	}
@@ -436,14 +415,14 @@ func (c *Coordinator) rescaleFrom(job string, w savepointWaiter, res subjects.Sa
 		if err != nil {
 			res.Error = subjects.Errorf(subjects.CodeOf(err), "job stopped with savepoint %s, but resubmitting at parallelism %d failed: %v", res.Location, w.rescale, err)
 		}
-		respond(w.reply, &res)
+		subjects.Reply(w.reply, &res)
 	}()
 }
 
 func (c *Coordinator) apiSavepoint(r micro.Request) {
 	var t subjects.TriggerSavepoint
 	if err := subjects.Decode(r.Data(), &t); err != nil {
-		respond(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
+		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
 		return
 	}
 	c.triggerSavepoint(t, savepointWaiter{reply: microResponder{r}})
@@ -468,7 +447,7 @@ func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
 		defer cancel()
 		jc, _, err := c.ckpts.load(ctx, req.Job)
 		if err != nil {
-			respond(microResponder{r}, &subjects.CheckpointList{Error: subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err)})
+			subjects.Reply(microResponder{r}, &subjects.CheckpointList{Error: subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err)})
 			return
 		}
 		list = jc.checkpoints
@@ -481,7 +460,7 @@ func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
 		rec.Location = c.locationOf(rec.Location)
 		out.Checkpoints = append(out.Checkpoints, rec)
 	}
-	respond(microResponder{r}, &out)
+	subjects.Reply(microResponder{r}, &out)
 }
 
 func (c *Coordinator) apiCheckpointList(r micro.Request) { c.listCheckpoints(r, false) }
@@ -491,7 +470,7 @@ func (c *Coordinator) apiSavepointList(r micro.Request)  { c.listCheckpoints(r, 
 // object under its location. Only savepoints can be deleted this way.
 func (c *Coordinator) apiSavepointDelete(r micro.Request) {
 	var req subjects.SavepointDelete
-	fail := func(err error) { respond(microResponder{r}, &subjects.Response{Error: subjects.AsError(err)}) }
+	fail := func(err error) { subjects.Reply(microResponder{r}, &subjects.Response{Error: subjects.AsError(err)}) }
 	if err := subjects.Decode(r.Data(), &req); err != nil {
 		fail(err)
 		return
@@ -537,5 +516,5 @@ func (c *Coordinator) apiSavepointDelete(r micro.Request) {
 		return
 	}
 	c.log.Info("savepoint deleted", "location", c.locationOf(key), "objects", len(objs))
-	respond(microResponder{r}, &subjects.Response{})
+	subjects.Reply(microResponder{r}, &subjects.Response{})
 }

@@ -270,6 +270,20 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
+// Responder is where a reply goes: a *nats.Msg, or anything that answers
+// a request the same way.
+type Responder interface{ Respond([]byte) error }
+
+// Reply answers a request with m. A message that fails to encode is a bug,
+// answered with a Response carrying the error rather than with silence.
+func Reply(r Responder, m Message) {
+	b, err := Encode(m)
+	if err != nil {
+		b = MustEncode(&Response{Error: AsError(err)})
+	}
+	_ = r.Respond(b)
+}
+
 // New returns a pointer to a zero message of type t, or nil for a type this
 // build does not know.
 func New(t Type) Message {

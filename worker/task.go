@@ -277,18 +277,18 @@ func (t *task) subscribe() ([]*nats.Subscription, error) {
 func (t *task) onQuery(msg *nats.Msg, g int) {
 	var q subjects.StateQuery
 	if err := subjects.Decode(msg.Data, &q); err != nil {
-		respond(msg, &subjects.StateResult{Group: g, Task: t.ref.Task, Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.StateResult{Group: g, Task: t.ref.Task, Error: subjects.AsError(err)})
 		return
 	}
 	res := subjects.StateResult{Job: t.ref.Job, Key: q.Key, Group: g, Task: t.ref.Task}
 	if q.Job != "" && q.Job != t.ref.Job {
 		res.Error = subjects.Errorf(subjects.CodeInvalidArgument, "query for job %q reached job %q", q.Job, t.ref.Job)
-		respond(msg, &res)
+		subjects.Reply(msg, &res)
 		return
 	}
 	if kg := keygroup.Of([]byte(q.Key), t.m); kg != g {
 		res.Error = subjects.Errorf(subjects.CodeInvalidArgument, "key %q is in key group %d, not %d", q.Key, kg, g)
-		respond(msg, &res)
+		subjects.Reply(msg, &res)
 		return
 	}
 	t.beMu.RLock()
@@ -307,7 +307,7 @@ func (t *task) onQuery(msg *nats.Msg, g int) {
 	default:
 		res.Found, res.Value = true, asJSON(v)
 	}
-	respond(msg, &res)
+	subjects.Reply(msg, &res)
 }
 
 // startSeq returns the stream sequence to consume from: the lowest applied

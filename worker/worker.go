@@ -298,14 +298,6 @@ func (w *Worker) heartbeat(ctx context.Context, interval time.Duration) {
 	}
 }
 
-func respond(msg *nats.Msg, m subjects.Message) {
-	b, err := subjects.Encode(m)
-	if err != nil {
-		b = subjects.MustEncode(&subjects.Response{Error: subjects.AsError(err)})
-	}
-	_ = msg.Respond(b)
-}
-
 func (w *Worker) notMe(what, worker string) error {
 	if worker != w.name {
 		return subjects.Errorf(subjects.CodeInvalidArgument, "%s for worker %q reached worker %q", what, worker, w.name)
@@ -320,7 +312,7 @@ func (w *Worker) onSlotRequest(msg *nats.Msg) {
 		err = w.notMe("slot request", req.Worker)
 	}
 	if err != nil {
-		respond(msg, &subjects.SlotResponse{Slot: -1, Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.SlotResponse{Slot: -1, Error: subjects.AsError(err)})
 		return
 	}
 	w.mu.Lock()
@@ -330,10 +322,10 @@ func (w *Worker) onSlotRequest(msg *nats.Msg) {
 	w.stopTasks(stop)
 	if err != nil {
 		w.log.Info("slot request refused", "job", req.Job, "allocation", req.Allocation, "err", err)
-		respond(msg, &subjects.SlotResponse{Slot: -1, Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.SlotResponse{Slot: -1, Error: subjects.AsError(err)})
 		return
 	}
-	respond(msg, &subjects.SlotResponse{Slot: idx})
+	subjects.Reply(msg, &subjects.SlotResponse{Slot: idx})
 	if offer {
 		go w.offer(req, idx, instance)
 	}
@@ -373,13 +365,13 @@ func (w *Worker) onDeploy(msg *nats.Msg) {
 	}
 	if err != nil {
 		w.log.Warn("deployment refused", "job", d.Job, "task", d.Task, "attempt", d.Attempt, "err", err)
-		respond(msg, &subjects.Response{Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.Response{Error: subjects.AsError(err)})
 		return
 	}
 	w.mu.Lock()
 	if w.closing || w.base == nil {
 		w.mu.Unlock()
-		respond(msg, &subjects.Response{Error: subjects.Errorf(subjects.CodeUnavailable, "worker %s is shutting down", w.name)})
+		subjects.Reply(msg, &subjects.Response{Error: subjects.Errorf(subjects.CodeUnavailable, "worker %s is shutting down", w.name)})
 		return
 	}
 	stop, dup, err := w.table.deploy(&d)
@@ -399,14 +391,14 @@ func (w *Worker) onDeploy(msg *nats.Msg) {
 	w.stopTasks(stop)
 	if err != nil {
 		w.log.Warn("deployment refused", "job", d.Job, "task", d.Task, "attempt", d.Attempt, "err", err)
-		respond(msg, &subjects.Response{Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.Response{Error: subjects.AsError(err)})
 		return
 	}
 	if t != nil {
 		w.log.Info("deploying task", "job", d.Job, "task", d.Task, "attempt", d.Attempt, "range", d.Range.String(), "restore", len(d.Restore))
 		w.publishStatus(d.TaskRef, subjects.TaskDeploying, nil)
 	}
-	respond(msg, &subjects.Response{})
+	subjects.Reply(msg, &subjects.Response{})
 	if t != nil {
 		go func() {
 			defer w.taskWG.Done()
@@ -431,7 +423,7 @@ func (w *Worker) onCancel(msg *nats.Msg) {
 		err = w.notMe("cancellation", c.Worker)
 	}
 	if err != nil {
-		respond(msg, &subjects.Response{Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.Response{Error: subjects.AsError(err)})
 		return
 	}
 	w.mu.Lock()
@@ -445,7 +437,7 @@ func (w *Worker) onCancel(msg *nats.Msg) {
 	w.mu.Unlock()
 	w.stopTasks(stop)
 	if err != nil {
-		respond(msg, &subjects.Response{Error: subjects.AsError(err)})
+		subjects.Reply(msg, &subjects.Response{Error: subjects.AsError(err)})
 		return
 	}
 	go func() {
@@ -456,7 +448,7 @@ func (w *Worker) onCancel(msg *nats.Msg) {
 			case <-timeout:
 			}
 		}
-		respond(msg, &subjects.Response{})
+		subjects.Reply(msg, &subjects.Response{})
 	}()
 }
 
