@@ -1,4 +1,4 @@
-module flotilla
+module github.com/flotilla-io/flotilla
 
 go 1.26.0
 

@@ -10,11 +10,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"flotilla/coordinator/checkpoint"
-	"flotilla/coordinator/jobmaster"
-	"flotilla/objectstore"
-	"flotilla/statebackend"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
+	"github.com/flotilla-io/flotilla/coordinator/jobmaster"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // savepointWaiter is someone waiting for a savepoint's outcome: a trigger

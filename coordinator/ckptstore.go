@@ -12,7 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // ckptStore keeps completed checkpoints and savepoints in a JetStream KV

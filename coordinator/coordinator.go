@@ -20,11 +20,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/coordinator/checkpoint"
-	"flotilla/coordinator/jobmaster"
-	"flotilla/coordinator/resource"
-	"flotilla/objectstore"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
+	"github.com/flotilla-io/flotilla/coordinator/jobmaster"
+	"github.com/flotilla-io/flotilla/coordinator/resource"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // Config configures a coordinator.

@@ -11,7 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // jobRecord is a job as persisted in the jobs bucket, so that a restarted

@@ -6,7 +6,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // ensureStream makes sure the job's source stream exists and partitions

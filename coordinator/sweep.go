@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"flotilla/coordinator/checkpoint"
+	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
 )
 
 // SweepOrphans runs the orphan sweep now with the given grace period and

@@ -20,9 +20,9 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
-	"flotilla/internal/testutil"
-	"flotilla/objectstore"
-	"flotilla/objectstore/storetest"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/objectstore/storetest"
 )
 
 func TestMem(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 func TestBatchReadsItsOwnWrites(t *testing.T) {

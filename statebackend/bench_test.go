@@ -18,9 +18,9 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
-	"flotilla/internal/testutil"
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // Benchmarks. Each reports its figure against a baseline measured in the

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 var (

@@ -3,8 +3,8 @@ package statebackend
 import (
 	"fmt"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // Format is the kind of state a Handle points to. It is persisted in

@@ -14,8 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // state is a backend's full logical contents, as a Go model.

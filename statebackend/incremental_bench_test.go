@@ -6,8 +6,8 @@ import (
 	"strconv"
 	"testing"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // BenchmarkIncrementalCheckpoint: the bytes a native checkpoint uploads

@@ -9,7 +9,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // PebbleFormatMajorVersion is the Pebble format major version every backend

@@ -15,8 +15,8 @@ import (
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // restoreSSTSize is the raw bytes after which Restore starts a new SST (at a

@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"testing"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // TestCanonicalSavepointRescale writes a savepoint of [0,127] and restores

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // FuzzSavepointReader feeds arbitrary bytes to the canonical savepoint

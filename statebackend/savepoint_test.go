@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 func TestEntrySizeMatchesEncoding(t *testing.T) {

@@ -16,8 +16,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // Target says where the objects of one native snapshot of one task go.

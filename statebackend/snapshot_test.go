@@ -14,8 +14,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 var ctx = context.Background()

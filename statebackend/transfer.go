@@ -9,7 +9,7 @@ import (
 	"os"
 	"sync"
 
-	"flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/objectstore"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

@@ -3,8 +3,8 @@ package subjects
 import (
 	"time"
 
-	"flotilla/statebackend"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // This file holds the user plane: the requests and replies of the "flotilla"

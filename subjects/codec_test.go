@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"flotilla/statebackend"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 func testSpec() JobSpec {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // JobSpec is a job as a user submits it (JSON). It is persisted with the job

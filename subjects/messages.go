@@ -4,8 +4,8 @@ import (
 	"encoding/json"
 	"time"
 
-	"flotilla/statebackend"
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // This file holds the control-plane and checkpoint-plane messages. Every

@@ -6,7 +6,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
 // This file holds the one convention by which a job's source stream is

@@ -9,8 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/internal/testutil"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // BenchmarkTaskThroughput measures how fast two count tasks catch up with a

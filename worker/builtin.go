@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // The built-in operators. Each keeps the value a state query returns under

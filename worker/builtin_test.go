@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"flotilla/statebackend"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // memState is the in-memory twin of a statebackend.Batch.

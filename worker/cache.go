@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"errors"
 
-	"flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/statebackend"
 )
 
 // DefaultValueCacheEntries bounds a task's value cache.

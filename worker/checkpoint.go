@@ -6,9 +6,9 @@ import (
 	"path"
 	"time"
 
-	"flotilla/objectstore"
-	"flotilla/statebackend"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // The task side of checkpoints (docs/DESIGN.md, "Checkpoints and

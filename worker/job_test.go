@@ -13,10 +13,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/internal/testutil"
-	"flotilla/statebackend"
-	"flotilla/statebackend/keygroup"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // testJob is a job's streams and ground truth: a key-partitioned source

@@ -10,7 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"flotilla/internal/cli"
+	"github.com/flotilla-io/flotilla/internal/cli"
 )
 
 // Main runs a worker from command-line arguments (without the program

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"flotilla/statebackend"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // Operator turns a job's events into keyed state and outputs. A task calls

@@ -1,7 +1,7 @@
 package worker
 
 import (
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // slotTable is the worker side of the control protocol as a pure state

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // slotTrace drives a slotTable and renders every step's outcome, so that a

@@ -14,11 +14,11 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/internal/testutil"
-	"flotilla/objectstore"
-	"flotilla/statebackend"
-	"flotilla/statebackend/keygroup"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // A count task over a partitioned stream consumes only its key groups and

@@ -12,9 +12,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"flotilla/internal/testutil"
-	"flotilla/objectstore"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 const waitLong = 20 * time.Second

@@ -11,8 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"flotilla/coordinator/client"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // runSavepoint is `flotilla savepoint JOB [--wait]` and `flotilla savepoint

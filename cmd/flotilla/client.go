@@ -11,9 +11,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"flotilla/coordinator/client"
-	"flotilla/internal/cli"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/internal/cli"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // clientFlags parses a client command's flags and positional arguments and

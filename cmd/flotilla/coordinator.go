@@ -6,8 +6,8 @@ import (
 	"io"
 	"time"
 
-	"flotilla/coordinator"
-	"flotilla/internal/cli"
+	"github.com/flotilla-io/flotilla/coordinator"
+	"github.com/flotilla-io/flotilla/internal/cli"
 )
 
 func runCoordinator(ctx context.Context, args []string, stderr io.Writer) error {

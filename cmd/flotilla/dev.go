@@ -5,8 +5,8 @@ import (
 	"flag"
 	"io"
 
-	"flotilla/internal/cli"
-	"flotilla/internal/devcluster"
+	"github.com/flotilla-io/flotilla/internal/cli"
+	"github.com/flotilla-io/flotilla/internal/devcluster"
 )
 
 func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {

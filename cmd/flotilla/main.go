@@ -12,7 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"flotilla/worker"
+	"github.com/flotilla-io/flotilla/worker"
 )
 
 const usage = `flotilla runs stateful workers on NATS.

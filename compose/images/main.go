@@ -162,7 +162,7 @@ func newBuilder(ctx context.Context, stderr io.Writer) (*builder, error) {
 // flotilla fills the flotilla image's context: the binary, the CA
 // certificates (for https object stores) and the data directory.
 func (b *builder) flotilla(ctx context.Context, dir string) error {
-	if err := b.goBuild(ctx, filepath.Join(dir, "rootfs", "usr", "local", "bin", "flotilla"), "flotilla/cmd/flotilla"); err != nil {
+	if err := b.goBuild(ctx, filepath.Join(dir, "rootfs", "usr", "local", "bin", "flotilla"), "github.com/flotilla-io/flotilla/cmd/flotilla"); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {

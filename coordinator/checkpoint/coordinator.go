@@ -29,9 +29,9 @@ import (
 	"strconv"
 	"time"
 
-	"flotilla/statebackend"
-	"flotilla/statebackend/keygroup"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // Action is something the caller must do.

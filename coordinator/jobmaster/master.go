@@ -15,9 +15,9 @@ import (
 	"sort"
 	"time"
 
-	"flotilla/statebackend"
-	"flotilla/statebackend/keygroup"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // DeployTimeout bounds how long a deployed attempt may take to report

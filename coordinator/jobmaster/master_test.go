@@ -8,10 +8,10 @@ import (
 
 	"github.com/cockroachdb/datadriven"
 
-	"flotilla/internal/tracetest"
-	"flotilla/statebackend"
-	"flotilla/statebackend/keygroup"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/internal/tracetest"
+	"github.com/flotilla-io/flotilla/statebackend"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // TestScenarios runs the trace scenarios in testdata/. Commands:

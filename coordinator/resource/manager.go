@@ -16,7 +16,7 @@ import (
 	"strconv"
 	"time"
 
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // Config is the manager's configuration.

@@ -9,8 +9,8 @@ import (
 
 	"github.com/cockroachdb/datadriven"
 
-	"flotilla/internal/tracetest"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/internal/tracetest"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // TestScenarios runs the trace scenarios in testdata/. Commands:

@@ -10,8 +10,8 @@ import (
 	"os"
 	"strconv"
 
-	"flotilla/subjects"
-	"flotilla/worker"
+	"github.com/flotilla-io/flotilla/subjects"
+	"github.com/flotilla-io/flotilla/worker"
 )
 
 func main() {

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/objectstore"
 )
 
 func TestOpenStoreRetriesUntilTheStoreAnswers(t *testing.T) {

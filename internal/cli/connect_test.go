@@ -11,7 +11,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
-	"flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/internal/testutil"
 )
 
 // Every authentication method against a server that requires it, with a

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"flotilla/coordinator/client"
-	"flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/internal/testutil"
 )
 
 // Counts returns nil if every key of truth has exactly its count as job's

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/objectstore"
 )
 
 // MinIOVersion is the MinIO release the tests are written against; `make

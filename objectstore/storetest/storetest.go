@@ -26,7 +26,7 @@ import (
 	"testing"
 	"time"
 
-	"flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/objectstore"
 )
 
 // LargeSize is the size of the object in the Large test: large enough that an

@@ -21,13 +21,13 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
 
-	"flotilla/coordinator/client"
-	"flotilla/internal/cli"
-	"flotilla/internal/fleettest"
-	"flotilla/internal/testutil"
-	"flotilla/objectstore"
-	"flotilla/subjects"
-	"flotilla/worker"
+	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/internal/cli"
+	"github.com/flotilla-io/flotilla/internal/fleettest"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/subjects"
+	"github.com/flotilla-io/flotilla/worker"
 )
 
 // method is one way to authenticate: how to configure the server, how a

@@ -47,7 +47,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // settings are a run's parameters.

@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/internal/testutil"
 )
 
 // fault is one kind of fault the harness injects. run injects it, waits

@@ -22,7 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/internal/testutil"
 )
 
 // binaries are built once per test binary, without the race detector: the
@@ -45,7 +45,7 @@ func buildBinaries(t *testing.T) (flotilla, natsServer string) {
 		}
 		var wg sync.WaitGroup
 		errs := make([]error, 2)
-		for i, pkg := range []string{"flotilla/cmd/flotilla", "github.com/nats-io/nats-server/v2"} {
+		for i, pkg := range []string{"github.com/flotilla-io/flotilla/cmd/flotilla", "github.com/nats-io/nats-server/v2"} {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

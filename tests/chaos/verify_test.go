@@ -15,8 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/coordinator/checkpoint"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // wrong is one difference from the ground truth.

@@ -37,11 +37,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/coordinator/client"
-	"flotilla/internal/fleettest"
-	"flotilla/internal/testutil"
-	"flotilla/objectstore"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/internal/fleettest"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 const (
@@ -236,7 +236,7 @@ func newCluster(t *testing.T) *cluster {
 		}
 	})
 	start := time.Now()
-	out, err := run(ctx, 10*time.Minute, nil, "go", "run", "flotilla/compose/images",
+	out, err := run(ctx, 10*time.Minute, nil, "go", "run", "github.com/flotilla-io/flotilla/compose/images",
 		"-flotilla", images["flotilla"], "-nats", images["nats"], "-minio", images["minio"], "-minio-bin", minioBin)
 	if err != nil {
 		t.Fatalf("building the images: %v\n%s", err, out)
@@ -629,7 +629,7 @@ func (c *cluster) startHostWorker() string {
 	c.t.Helper()
 	dir := c.t.TempDir()
 	bin := filepath.Join(dir, "flotilla")
-	if out, err := run(c.ctx, 5*time.Minute, nil, "go", "build", "-o", bin, "flotilla/cmd/flotilla"); err != nil {
+	if out, err := run(c.ctx, 5*time.Minute, nil, "go", "build", "-o", bin, "github.com/flotilla-io/flotilla/cmd/flotilla"); err != nil {
 		c.t.Fatalf("go build: %v\n%s", err, out)
 	}
 	name := "host-" + randomHex(3)

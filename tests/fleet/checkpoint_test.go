@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"flotilla/coordinator/checkpoint"
-	"flotilla/internal/testutil"
-	"flotilla/objectstore"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // minioFleet is a fleet whose object store is a real MinIO server.

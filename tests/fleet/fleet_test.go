@@ -16,13 +16,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/coordinator"
-	"flotilla/coordinator/client"
-	"flotilla/internal/fleettest"
-	"flotilla/internal/testutil"
-	"flotilla/objectstore"
-	"flotilla/subjects"
-	"flotilla/worker"
+	"github.com/flotilla-io/flotilla/coordinator"
+	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/internal/fleettest"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/subjects"
+	"github.com/flotilla-io/flotilla/worker"
 )
 
 type fleet struct {

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"flotilla/coordinator"
-	"flotilla/coordinator/checkpoint"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator"
+	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // TestCoordinatorDiesBetweenAckedAndCommitted: every task acked checkpoint

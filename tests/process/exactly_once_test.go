@@ -12,10 +12,10 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/coordinator/client"
-	"flotilla/internal/fleettest"
-	"flotilla/internal/testutil"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/internal/fleettest"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // TestExactlyOnceUnderKills runs a count job over a known event stream

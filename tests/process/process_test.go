@@ -17,12 +17,12 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"flotilla/coordinator"
-	"flotilla/coordinator/client"
-	"flotilla/internal/fleettest"
-	"flotilla/internal/testutil"
-	"flotilla/objectstore"
-	"flotilla/subjects"
+	"github.com/flotilla-io/flotilla/coordinator"
+	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/internal/fleettest"
+	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 var (
@@ -40,7 +40,7 @@ func flotillaBinary(t *testing.T) string {
 			return
 		}
 		binary = filepath.Join(dir, "flotilla")
-		out, err := exec.Command("go", "build", "-o", binary, "flotilla/cmd/flotilla").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", binary, "github.com/flotilla-io/flotilla/cmd/flotilla").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
