@@ -85,40 +85,50 @@ func newSum(spec subjects.OperatorSpec) (Operator, error) {
 	return sumOp{path: strings.Split(spec.Field, ".")}, nil
 }
 
-// number returns the JSON number at path in body, or an ErrBadEvent error.
-func number(body []byte, path []string) (float64, error) {
+// number returns the JSON number at path in body, or an ErrBadEvent error
+// (which also wraps ErrOverflow for an integer outside int64).
+func number(body []byte, path []string) (num, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any
 	if err := dec.Decode(&v); err != nil {
-		return 0, fmt.Errorf("%w: body is not JSON: %v", ErrBadEvent, err)
+		return num{}, fmt.Errorf("%w: body is not JSON: %v", ErrBadEvent, err)
 	}
 	for _, p := range path {
 		obj, ok := v.(map[string]any)
 		if !ok {
-			return 0, fmt.Errorf("%w: no object at %q", ErrBadEvent, p)
+			return num{}, fmt.Errorf("%w: no object at %q", ErrBadEvent, p)
 		}
 		if v, ok = obj[p]; !ok {
-			return 0, fmt.Errorf("%w: no field %q", ErrBadEvent, strings.Join(path, "."))
+			return num{}, fmt.Errorf("%w: no field %q", ErrBadEvent, strings.Join(path, "."))
 		}
 	}
 	n, ok := v.(json.Number)
 	if !ok {
-		return 0, fmt.Errorf("%w: field %q is not a number", ErrBadEvent, strings.Join(path, "."))
+		return num{}, fmt.Errorf("%w: field %q is not a number", ErrBadEvent, strings.Join(path, "."))
 	}
-	f, err := n.Float64()
+	x, err := parseNum(n.String())
 	if err != nil {
-		return 0, fmt.Errorf("%w: field %q: %v", ErrBadEvent, strings.Join(path, "."), err)
+		return num{}, fmt.Errorf("%w: field %q: %w", ErrBadEvent, strings.Join(path, "."), err)
 	}
-	return f, nil
+	return x, nil
 }
 
-func formatFloat(f float64) []byte {
-	b, err := json.Marshal(f)
-	if err != nil { // NaN or infinity: cannot come from JSON input sums of finite numbers
-		return []byte("null")
+// addTo adds x to the stored sum v (a JSON number; nil: 0) and returns the
+// new sum. An overflow is a bad event: the sum keeps its value.
+func addTo(v []byte, x num) ([]byte, error) {
+	var sum num
+	if v != nil {
+		var err error
+		if sum, err = parseNum(string(v)); err != nil {
+			return nil, fmt.Errorf("stored sum %q: %w", v, err)
+		}
 	}
-	return b
+	s, err := sum.add(x)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadEvent, err)
+	}
+	return s.appendJSON(nil), nil
 }
 
 func (o sumOp) Process(ctx *Context, ev Event) error {
@@ -126,17 +136,14 @@ func (o sumOp) Process(ctx *Context, ev Event) error {
 	if err != nil {
 		return err
 	}
-	var sum float64
-	v, found, err := ctx.Get(ValueState)
+	v, _, err := ctx.Get(ValueState)
 	if err != nil {
 		return err
 	}
-	if found {
-		if sum, err = strconv.ParseFloat(string(v), 64); err != nil {
-			return fmt.Errorf("sum: stored value %q: %w", v, err)
-		}
+	b, err := addTo(v, x)
+	if err != nil {
+		return fmt.Errorf("sum: %w", err)
 	}
-	b := formatFloat(sum + x)
 	if err := ctx.Put(ValueState, b); err != nil {
 		return err
 	}
@@ -179,7 +186,8 @@ type windowState struct {
 	Start time.Time `json:"start"`
 	End   time.Time `json:"end"`
 	Count int64     `json:"count"`
-	Sum   *float64  `json:"sum,omitempty"`
+	// Sum is the exact sum (see sumOp) for aggregate "sum".
+	Sum json.Number `json:"sum,omitempty"`
 }
 
 func newWindow(spec subjects.OperatorSpec) (Operator, error) {
@@ -212,7 +220,7 @@ func windowStart(t time.Time, d time.Duration) time.Time {
 }
 
 func (o windowOp) Process(ctx *Context, ev Event) error {
-	var x float64
+	var x num
 	if o.sum != nil {
 		var err error
 		if x, err = number(ev.Data, o.sum); err != nil {
@@ -235,17 +243,19 @@ func (o windowOp) Process(ctx *Context, ev Event) error {
 			ctx.Emit(result(ev.Key, v))
 		}
 		w = windowState{Start: start, End: start.Add(o.size)}
-		if o.sum != nil {
-			w.Sum = new(float64)
+	}
+	if o.sum != nil {
+		var sum []byte
+		if w.Sum != "" {
+			sum = []byte(w.Sum)
 		}
+		b, err := addTo(sum, x)
+		if err != nil {
+			return fmt.Errorf("window: %w", err)
+		}
+		w.Sum = json.Number(b)
 	}
 	w.Count++
-	if o.sum != nil {
-		if w.Sum == nil {
-			w.Sum = new(float64)
-		}
-		*w.Sum += x
-	}
 	b, err := json.Marshal(w)
 	if err != nil {
 		return fmt.Errorf("window: %w", err)

@@ -133,6 +133,53 @@ func TestSum(t *testing.T) {
 	}
 }
 
+// TestSumIsExact checks that integers sum exactly in int64 (float64 loses
+// 9007199254740993), that an overflow skips the event with ErrOverflow and
+// keeps the sum, and that a fractional input makes the sum a float for good.
+func TestSumIsExact(t *testing.T) {
+	outs, st := runOp(t, subjects.OperatorSpec{Type: "sum", Field: "n"}, []testEvent{
+		{key: "a", body: `{"n":9007199254740993}`},
+		{key: "a", body: `{"n":1}`},
+		{key: "b", body: `{"n":9223372036854775807}`},
+		{key: "b", body: `{"n":1}`},                    // overflow: skipped
+		{key: "b", body: `{"n":-9223372036854775807}`}, // back to 0
+		{key: "c", body: `{"n":92233720368547758070}`}, // outside int64: skipped
+		{key: "d", body: `{"n":1.5}`},
+		{key: "d", body: `{"n":1.5}`},
+		{key: "d", body: `{"n":1}`},
+		{key: "e", body: `{"n":-3}`},
+		{key: "e", body: `{"n":1e2}`},
+	})
+	if got := value(t, st, "a"); got != "9007199254740994" {
+		t.Errorf("9007199254740993 + 1 = %s", got)
+	}
+	if outs[1][0] != `{"key":"a","value":9007199254740994}` {
+		t.Errorf("output %s", outs[1][0])
+	}
+	if outs[3][0] != "bad" || outs[5][0] != "bad" {
+		t.Errorf("overflows: %q, %q", outs[3], outs[5])
+	}
+	if got := value(t, st, "b"); got != "0" {
+		t.Errorf("b = %s, want 0 (the overflowing event skipped)", got)
+	}
+	if got := value(t, st, "c"); got != "<none>" {
+		t.Errorf("c = %s", got)
+	}
+	if got := value(t, st, "d"); got != "4.0" {
+		t.Errorf("d = %s, want the float 4.0", got)
+	}
+	if got := value(t, st, "e"); got != "97.0" {
+		t.Errorf("e = %s", got)
+	}
+	op, _ := newOperator(subjects.OperatorSpec{Type: "sum", Field: "n"})
+	ctx := NewContext(newMemState(), "k")
+	_ = op.Process(ctx, Event{Key: "k", Data: []byte(`{"n":9223372036854775807}`)})
+	err := op.Process(ctx, Event{Key: "k", Data: []byte(`{"n":1}`)})
+	if !errors.Is(err, ErrOverflow) || !errors.Is(err, ErrBadEvent) {
+		t.Errorf("overflow error %v: want ErrOverflow and ErrBadEvent", err)
+	}
+}
+
 func TestLatestAndDedupe(t *testing.T) {
 	evs := []testEvent{{key: "a", body: `{"x":1}`}, {key: "a", body: `plain text`}, {key: "b", body: `3`}}
 	outs, st := runOp(t, subjects.OperatorSpec{Type: "latest"}, evs)
@@ -172,13 +219,13 @@ func TestWindow(t *testing.T) {
 	if err := json.Unmarshal([]byte(outs[3][0]), &closed); err != nil {
 		t.Fatal(err)
 	}
-	if closed.Key != "a" || !closed.Value.Start.Equal(t0) || !closed.Value.End.Equal(at(time.Minute)) || closed.Value.Count != 2 || *closed.Value.Sum != 3 {
+	if closed.Key != "a" || !closed.Value.Start.Equal(t0) || !closed.Value.End.Equal(at(time.Minute)) || closed.Value.Count != 2 || closed.Value.Sum != "3" {
 		t.Errorf("first closed window %s", outs[3][0])
 	}
 	if err := json.Unmarshal([]byte(outs[5][0]), &closed); err != nil {
 		t.Fatal(err)
 	}
-	if closed.Value.Count != 2 || *closed.Value.Sum != 12 || !closed.Value.Start.Equal(at(time.Minute)) {
+	if closed.Value.Count != 2 || closed.Value.Sum != "12" || !closed.Value.Start.Equal(at(time.Minute)) {
 		t.Errorf("second closed window %s", outs[5][0])
 	}
 	if v := value(t, st, "a"); !strings.Contains(v, `"count":1`) || !strings.Contains(v, `"sum":16`) {
