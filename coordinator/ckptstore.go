@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/flotilla-io/flotilla/internal/replicas"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
@@ -37,11 +38,11 @@ type latestPointer struct {
 	Location string                  `json:"location"`
 }
 
-func openCkptStore(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace) (*ckptStore, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+func openCkptStore(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p replicas.Policy) (*ckptStore, error) {
+	kv, _, err := replicas.EnsureKV(ctx, js, jetstream.KeyValueConfig{
 		Bucket: bucketName(ns, "CHECKPOINTS"), Storage: jetstream.FileStorage, History: 1,
 		Description: "flotilla completed checkpoints and savepoints",
-	})
+	}, p)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: checkpoints bucket: %w", err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
 	"github.com/flotilla-io/flotilla/coordinator/jobmaster"
 	"github.com/flotilla-io/flotilla/coordinator/resource"
+	"github.com/flotilla-io/flotilla/internal/replicas"
 	"github.com/flotilla-io/flotilla/objectstore"
 	"github.com/flotilla-io/flotilla/subjects"
 )
@@ -52,6 +53,15 @@ type Config struct {
 	// OrphanSweepInterval is how often the sweep runs (default 10 min).
 	OrphanSweepInterval time.Duration
 
+	// Replicas is the replica count of every JetStream stream and KV bucket
+	// the coordinator creates (its buckets, its events stream, jobs' source
+	// streams unless a spec says otherwise). 0: 3 when the server is in a
+	// cluster that can place 3 replicas, else 1. Existing streams are never
+	// lowered (internal/replicas).
+	Replicas int
+	// Placement, if set, places those streams (cluster, tags).
+	Placement *jetstream.Placement
+
 	// BeforeCommit, if set, is called before each checkpoint record is
 	// committed to JetStream; an error skips the commit as if it had failed.
 	// It exists for fault-injection tests (e.g. a coordinator that dies
@@ -78,6 +88,8 @@ type Coordinator struct {
 	attempts  uint64 // task deployments of this epoch, shared by every job master
 	waiters   map[uint64]savepointWaiter
 	lastSweep time.Time // of the periodic orphan sweep
+	// repl is the resolved replication policy (setup).
+	repl replicas.Policy
 }
 
 type jobEntry struct {
@@ -112,6 +124,9 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.OrphanSweepInterval <= 0 {
 		cfg.OrphanSweepInterval = 10 * time.Minute
 	}
+	if err := (replicas.Policy{Replicas: cfg.Replicas}).Check(); err != nil {
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
 	js, err := jetstream.New(cfg.Conn)
 	if err != nil {
 		return nil, err
@@ -133,6 +148,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	if err := c.setup(ctx); err != nil {
 		return err
 	}
+	c.reportSync(ctx)
 	subs, svc, err := c.subscribe()
 	defer func() {
 		for _, s := range subs {
@@ -170,17 +186,27 @@ func (c *Coordinator) setup(ctx context.Context) error {
 func (c *Coordinator) trySetup(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	m, err := openMeta(ctx, c.js, c.ns)
+	n, err := replicas.Resolve(ctx, c.nc, c.js, c.cfg.Replicas, coordinatorBucket(c.ns), c.cfg.Placement)
+	if err != nil {
+		return fmt.Errorf("coordinator: coordinator bucket: %w", err)
+	}
+	c.repl = replicas.Policy{Replicas: n, Placement: c.cfg.Placement}
+	if c.cfg.Replicas == 0 && c.nc.ConnectedClusterName() != "" && n < replicas.AutoReplicas {
+		c.log.Warn("the JetStream cluster cannot place 3 replicas now: flotilla's streams and buckets get 1; set --replicas to insist",
+			"cluster", c.nc.ConnectedClusterName())
+	}
+	c.log.Info("JetStream replication", "replicas", n, "cluster", c.nc.ConnectedClusterName())
+	m, err := openMeta(ctx, c.js, c.ns, c.repl)
 	if err != nil {
 		return err
 	}
-	if _, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	if _, _, err := replicas.EnsureStream(ctx, c.js, jetstream.StreamConfig{
 		Name: bucketName(c.ns, "EVENTS"), Subjects: []string{c.ns.EventsAll()},
 		Storage: jetstream.FileStorage, MaxAge: 7 * 24 * time.Hour, MaxMsgs: 1_000_000,
-	}); err != nil {
+	}, c.repl, true); err != nil {
 		return fmt.Errorf("coordinator: events stream: %w", err)
 	}
-	ckpts, err := openCkptStore(ctx, c.js, c.ns)
+	ckpts, err := openCkptStore(ctx, c.js, c.ns, c.repl)
 	if err != nil {
 		return err
 	}
@@ -206,6 +232,23 @@ func (c *Coordinator) trySetup(ctx context.Context) error {
 		c.startJob(r, cps, c.cfg.Now())
 	}
 	return nil
+}
+
+// reportSync logs whether the JetStream servers sync every write, which
+// the durability of committed checkpoints rests on, and warns with the
+// line to add when one does not.
+func (c *Coordinator) reportSync(ctx context.Context) {
+	r, err := replicas.CheckSync(ctx, c.nc, time.Second)
+	if err != nil {
+		c.log.Warn("could not ask the JetStream servers how they sync writes", "err", err)
+		return
+	}
+	line, warn := r.Verdict()
+	if warn {
+		c.log.Warn(line)
+	} else {
+		c.log.Info(line)
+	}
 }
 
 // runCheckpoints is what a job run restores from.

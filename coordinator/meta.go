@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/flotilla-io/flotilla/internal/replicas"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
@@ -43,17 +44,20 @@ func bucketName(ns subjects.Namespace, what string) string {
 	return strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(ns.Prefix()) + "_" + what)
 }
 
-func openMeta(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace) (*meta, error) {
-	kv := func(name string) (jetstream.KeyValue, error) {
-		return js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: bucketName(ns, name), Storage: jetstream.FileStorage, History: 1,
-		})
-	}
-	coord, err := kv("COORDINATOR")
+// coordinatorBucket is the configuration of the bucket of the coordinator's
+// epoch.
+func coordinatorBucket(ns subjects.Namespace) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{Bucket: bucketName(ns, "COORDINATOR"), Storage: jetstream.FileStorage, History: 1}
+}
+
+func openMeta(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p replicas.Policy) (*meta, error) {
+	coord, _, err := replicas.EnsureKV(ctx, js, coordinatorBucket(ns), p)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: coordinator bucket: %w", err)
 	}
-	jobs, err := kv("JOBS")
+	jobs, _, err := replicas.EnsureKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket: bucketName(ns, "JOBS"), Storage: jetstream.FileStorage, History: 1,
+	}, p)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: jobs bucket: %w", err)
 	}

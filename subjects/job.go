@@ -26,6 +26,10 @@ type JobSpec struct {
 	Sink           SinkSpec       `json:"sink,omitempty"`
 	Checkpoint     CheckpointSpec `json:"checkpoint,omitempty"`
 	Restart        RestartSpec    `json:"restart,omitempty"`
+	// Replicas is the replica count of the job's own streams (its source
+	// stream); 0: the coordinator's (--replicas). An existing stream is
+	// raised to it, never lowered.
+	Replicas int `json:"replicas,omitempty"`
 }
 
 // SourceSpec names the JetStream stream a job reads and how a key is taken
@@ -173,6 +177,9 @@ func (s *JobSpec) Validate() error {
 	}
 	if s.Parallelism > s.MaxParallelism {
 		return Errorf(CodeParallelismTooHigh, "parallelism %d is above max_parallelism %d", s.Parallelism, s.MaxParallelism)
+	}
+	if s.Replicas < 0 || s.Replicas > 5 {
+		return specErr("replicas %d out of range [0, 5] (0: the coordinator's)", s.Replicas)
 	}
 	if err := s.Source.validate(); err != nil {
 		return err

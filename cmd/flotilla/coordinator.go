@@ -4,7 +4,12 @@ import (
 	"context"
 	"flag"
 	"io"
+	"os"
+	"strconv"
+	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flotilla-io/flotilla/coordinator"
 	"github.com/flotilla-io/flotilla/internal/cli"
@@ -17,11 +22,26 @@ func runCoordinator(ctx context.Context, args []string, stderr io.Writer) error 
 	c.Register(fs, true)
 	hbInterval := fs.Duration("heartbeat-interval", 2*time.Second, "how often workers heartbeat")
 	hbTimeout := fs.Duration("heartbeat-timeout", 10*time.Second, "silence after which a worker is lost")
+	envReplicas, err := strconv.Atoi(cli.Env("FLOTILLA_REPLICAS", "0"))
+	if err != nil {
+		return usageErr("FLOTILLA_REPLICAS=%q: not a number", os.Getenv("FLOTILLA_REPLICAS"))
+	}
+	replicas := fs.Int("replicas", envReplicas,
+		"replicas of every JetStream stream and KV bucket flotilla creates; 0: 3 on a cluster that can place 3, else 1 (env FLOTILLA_REPLICAS)")
+	placeCluster := fs.String("placement-cluster", os.Getenv("FLOTILLA_PLACEMENT_CLUSTER"), "JetStream cluster to place flotilla's streams in (env FLOTILLA_PLACEMENT_CLUSTER)")
+	placeTags := fs.String("placement-tags", os.Getenv("FLOTILLA_PLACEMENT_TAGS"), "comma-separated server tags to place flotilla's streams on (env FLOTILLA_PLACEMENT_TAGS)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return usageErr("unexpected arguments %q", fs.Args())
+	}
+	var placement *jetstream.Placement
+	if *placeCluster != "" || *placeTags != "" {
+		placement = &jetstream.Placement{Cluster: *placeCluster}
+		if *placeTags != "" {
+			placement.Tags = strings.Split(*placeTags, ",")
+		}
 	}
 	log, err := c.Logger(stderr)
 	if err != nil {
@@ -41,7 +61,7 @@ func runCoordinator(ctx context.Context, args []string, stderr io.Writer) error 
 	}
 	defer nc.Close()
 	co, err := coordinator.New(coordinator.Config{Conn: nc, Namespace: ns, Store: store, Logger: log,
-		HeartbeatInterval: *hbInterval, HeartbeatTimeout: *hbTimeout})
+		HeartbeatInterval: *hbInterval, HeartbeatTimeout: *hbTimeout, Replicas: *replicas, Placement: placement})
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/flotilla-io/flotilla/coordinator"
 	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/internal/replicas"
 	"github.com/flotilla-io/flotilla/objectstore"
 	"github.com/flotilla-io/flotilla/subjects"
 	"github.com/flotilla-io/flotilla/worker"
@@ -186,8 +187,8 @@ func demo(ctx context.Context, nc *nats.Conn, out io.Writer) error {
 	}
 	// Capture the outputs in a stream: with it, replayed outputs are dropped
 	// by their Nats-Msg-Id and every output is kept exactly once.
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "COUNTS", Subjects: []string{"counts.>"},
-		Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 24 * time.Hour}); err != nil {
+	if _, _, err := replicas.EnsureStream(ctx, js, jetstream.StreamConfig{Name: "COUNTS", Subjects: []string{"counts.>"},
+		Storage: jetstream.FileStorage, Duplicates: 10 * time.Minute, MaxAge: 24 * time.Hour}, replicas.Policy{}, true); err != nil {
 		return err
 	}
 	info, err := api.Submit(ctx, DemoSpec(), 0, "")
