@@ -83,6 +83,13 @@ func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
 		resp, acts := c.rm.Heartbeat(&hb, now)
 		subjects.Reply(msg, &resp)
 		c.doRM(acts, now)
+		if resp.Error == nil {
+			for _, s := range hb.Slots {
+				if e := c.jobs[s.Job]; e != nil && s.Attempt != 0 {
+					e.jm.TaskSkipped(subjects.TaskRef{Job: s.Job, Task: s.Task, Attempt: s.Attempt}, s.Skipped)
+				}
+			}
+		}
 	})
 }
 

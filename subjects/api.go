@@ -123,6 +123,9 @@ type TaskInfo struct {
 	Worker  string         `json:"worker,omitempty"`
 	Attempt uint64         `json:"attempt,omitempty"`
 	State   TaskState      `json:"state,omitempty"`
+	// Skipped is how many events the current attempt has skipped (events
+	// its operator could not use), as of its worker's last heartbeat.
+	Skipped uint64 `json:"skipped,omitempty"`
 }
 
 // JobInfo describes a job.

@@ -71,6 +71,11 @@ type OperatorSpec struct {
 // SinkSpec names where state changes are published (empty: nowhere).
 type SinkSpec struct {
 	Subject string `json:"subject,omitempty"`
+	// DeadLetter is where events the operator cannot use are published,
+	// each with its body unchanged and the reason, the source subject and
+	// sequence in headers (HdrDeadLetterReason and friends), under the
+	// message id DeadLetterMsgID. Empty: such events are only counted.
+	DeadLetter string `json:"dead_letter,omitempty"`
 }
 
 // CheckpointSpec configures periodic checkpoints, after Flink's
@@ -189,6 +194,9 @@ func (s *JobSpec) Validate() error {
 	}
 	if s.Sink.Subject != "" && (!subjectRE.MatchString(s.Sink.Subject) || strings.ContainsAny(s.Sink.Subject, "*>")) {
 		return specErr("sink.subject %q is not a valid subject without wildcards", s.Sink.Subject)
+	}
+	if s.Sink.DeadLetter != "" && (!subjectRE.MatchString(s.Sink.DeadLetter) || strings.ContainsAny(s.Sink.DeadLetter, "*>")) {
+		return specErr("sink.dead_letter %q is not a valid subject without wildcards", s.Sink.DeadLetter)
 	}
 	c := s.Checkpoint
 	switch {

@@ -74,6 +74,9 @@ type SlotReport struct {
 	Attempt uint64 `json:"attempt,omitempty"`
 	// State of the task in the slot, if any.
 	State TaskState `json:"state,omitempty"`
+	// Skipped is how many events the task's attempt has skipped because
+	// its operator could not use them (or they had no usable key).
+	Skipped uint64 `json:"skipped,omitempty"`
 }
 
 // Heartbeat is a worker's periodic liveness signal and slot report.

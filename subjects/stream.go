@@ -147,3 +147,28 @@ func OutputMsgID(job string, group int, seq uint64, n int) string {
 	}
 	return id
 }
+
+// Headers of a dead-lettered event (SinkSpec.DeadLetter). The message's
+// body is the event's body, unchanged.
+const (
+	// HdrDeadLetterReason says why the operator could not use the event.
+	HdrDeadLetterReason = "Flotilla-Reason"
+	// HdrSourceSubject is the subject the event was published to.
+	HdrSourceSubject = "Flotilla-Source-Subject"
+	// HdrSourceSeq is the event's sequence in its source stream.
+	HdrSourceSeq = "Flotilla-Source-Seq"
+	// HdrJob names the job that skipped the event.
+	HdrJob = "Flotilla-Job"
+)
+
+// DeadLetterMsgID returns the Nats-Msg-Id of the dead letter of the event at
+// stream sequence seq of key group group of job ("<job>.<group>.<seq>.dead";
+// group -1 when the event's group is unknown, written "-"). It is
+// deterministic, so that a replayed skip is dropped by the duplicate window.
+func DeadLetterMsgID(job string, group int, seq uint64) string {
+	g := "-"
+	if group >= 0 {
+		g = strconv.Itoa(group)
+	}
+	return job + "." + g + "." + strconv.FormatUint(seq, 10) + ".dead"
+}

@@ -14,28 +14,31 @@ import (
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
-// sink publishes a task's outputs to the job's sink subject, each with its
-// deterministic Nats-Msg-Id.
+// sink publishes a task's outputs (to the job's sink subject) and dead
+// letters (to its dead-letter subject), each with its deterministic
+// Nats-Msg-Id.
 //
-// When a JetStream stream captures the subject, outputs are published
-// asynchronously with at most max unconfirmed. An output JetStream does not
+// To a subject a JetStream stream captures, messages are published
+// asynchronously with at most max unconfirmed. A message JetStream does not
 // confirm is published again (same Msg-Id) until it is, for a while; then,
 // or at once if the stream refuses it, the task fails (and restarts from its
 // last checkpoint, publishing the outputs of the replayed events again; the
-// stream's duplicate window drops the ones it has). Without a stream, outputs are plain NATS messages:
-// at most once, since nothing confirms them.
+// stream's duplicate window drops the ones it has). To a subject without a
+// stream, messages are plain NATS messages: at most once, since nothing
+// confirms them.
 //
 // publish and published are called by the task goroutine only; waitConfirmed
 // and err from any goroutine.
 type sink struct {
-	subject string
 	nc      *nats.Conn
-	js      jetstream.JetStream // nil: plain NATS
-	sem     chan struct{}       // one token per unconfirmed output
+	js      jetstream.JetStream // nil: no subject is captured by a stream
+	stored  map[string]bool     // subject -> captured by a stream
+	sem     chan struct{}       // one token per unconfirmed message
 	futures chan jetstream.PubAckFuture
 	quit    chan struct{} // closed by close: stop retrying
 
-	count uint64 // outputs handed to publish (task goroutine)
+	count uint64 // messages handed to JetStream (task goroutine)
+	plain bool   // some subject is plain NATS: waitConfirmed flushes
 
 	mu        sync.Mutex
 	confirmed uint64
@@ -57,47 +60,57 @@ const (
 	sinkRetryFor      = 2 * time.Minute
 )
 
-// newSink prepares publishing to subject; an empty subject is a sink that
-// drops every output.
-func newSink(ctx context.Context, nc *nats.Conn, subject string, max int, log *slog.Logger) (*sink, error) {
-	s := &sink{subject: subject, nc: nc, failed: make(chan struct{}), quit: make(chan struct{})}
-	if subject == "" {
-		return s, nil
+// newSink prepares publishing to the given subjects; empty ones are
+// skipped, and a message to a subject not prepared is dropped.
+func newSink(ctx context.Context, nc *nats.Conn, subs []string, max int, log *slog.Logger) (*sink, error) {
+	s := &sink{nc: nc, stored: map[string]bool{}, failed: make(chan struct{}), quit: make(chan struct{})}
+	var js jetstream.JetStream
+	for _, subject := range subs {
+		if subject == "" {
+			continue
+		}
+		if js == nil {
+			var err error
+			js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max+1), jetstream.WithPublishAsyncTimeout(publishAckTimeout))
+			if err != nil {
+				return nil, err
+			}
+		}
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		stream, err := js.StreamNameBySubject(lctx, subject)
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			log.Warn("no JetStream stream captures this subject: messages to it are plain NATS messages, published at most once", "subject", subject)
+			s.stored[subject] = false
+			s.plain = true
+			continue
+		case err != nil:
+			return nil, subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: looking up its stream: %v", subject, err)
+		}
+		log.Debug("sink stream", "subject", subject, "stream", stream)
+		s.stored[subject] = true
+		s.js = js
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(max+1), jetstream.WithPublishAsyncTimeout(publishAckTimeout))
-	if err != nil {
-		return nil, err
+	if s.js != nil {
+		s.sem = make(chan struct{}, max)
+		s.futures = make(chan jetstream.PubAckFuture, max)
+		go s.drain()
 	}
-	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	stream, err := js.StreamNameBySubject(lctx, subject)
-	switch {
-	case errors.Is(err, jetstream.ErrStreamNotFound):
-		log.Warn("no JetStream stream captures the sink subject: outputs are plain NATS messages, published at most once", "sink", subject)
-		return s, nil
-	case err != nil:
-		return nil, subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: looking up its stream: %v", subject, err)
-	}
-	log.Debug("sink stream", "sink", subject, "stream", stream)
-	s.js = js
-	s.sem = make(chan struct{}, max)
-	s.futures = make(chan jetstream.PubAckFuture, max)
-	go s.drain()
 	return s, nil
 }
 
-// publish publishes one output, blocking while max outputs are
-// unconfirmed.
-func (s *sink) publish(ctx context.Context, id string, data []byte) error {
-	if s.subject == "" {
+// publish publishes m (which must carry its Nats-Msg-Id), blocking while max
+// messages are unconfirmed. The sink keeps m.
+func (s *sink) publish(ctx context.Context, m *nats.Msg) error {
+	stored, ok := s.stored[m.Subject]
+	if !ok {
 		return nil
 	}
-	m := &nats.Msg{Subject: s.subject, Data: data, Header: nats.Header{nats.MsgIdHdr: []string{id}}}
-	if s.js == nil {
+	if !stored {
 		if err := s.nc.PublishMsg(m); err != nil {
-			return subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: %v", s.subject, err)
+			return subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: %v", m.Subject, err)
 		}
-		s.count++
 		return nil
 	}
 	select {
@@ -110,14 +123,14 @@ func (s *sink) publish(ctx context.Context, id string, data []byte) error {
 	f, err := s.js.PublishMsgAsync(m)
 	if err != nil {
 		<-s.sem
-		return subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: %v", s.subject, err)
+		return subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: %v", m.Subject, err)
 	}
 	s.count++
 	s.futures <- f // never blocks: sem bounds it
 	return nil
 }
 
-// published returns how many outputs publish has been handed.
+// published returns how many messages publish has handed to JetStream.
 func (s *sink) published() uint64 { return s.count }
 
 // drain confirms outputs in publish order.
@@ -198,7 +211,7 @@ func (s *sink) fail(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failure == nil {
-		s.failure = subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: %v", s.subject, err)
+		s.failure = subjects.Errorf(subjects.CodeStorageUnavailable, "sink: %v", err)
 		close(s.failed)
 	}
 }
@@ -210,20 +223,21 @@ func (s *sink) err() error {
 	return s.failure
 }
 
-// waitConfirmed waits until the first n outputs are confirmed (for plain
-// NATS: flushed to the server). It fails if the sink failed or ctx is done.
+// waitConfirmed waits until the first n messages handed to JetStream are
+// confirmed and, if some subject is plain NATS, the connection is flushed to
+// the server. It fails if the sink failed or ctx is done.
 func (s *sink) waitConfirmed(ctx context.Context, n uint64) error {
-	if s.subject == "" {
-		return nil
-	}
-	if s.js == nil {
+	if s.plain {
 		// FlushWithContext requires a deadline; the checkpoint's own
 		// context may have none.
 		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		if err := s.nc.FlushWithContext(fctx); err != nil {
-			return subjects.Errorf(subjects.CodeStorageUnavailable, "sink %s: flush: %v", s.subject, err)
+		err := s.nc.FlushWithContext(fctx)
+		cancel()
+		if err != nil {
+			return subjects.Errorf(subjects.CodeStorageUnavailable, "sink: flush: %v", err)
 		}
+	}
+	if s.js == nil {
 		return nil
 	}
 	s.mu.Lock()

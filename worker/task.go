@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -60,18 +62,16 @@ type task struct {
 	sink        *sink
 	batch       *statebackend.Batch
 	octx        Context
-	pending     []output // outputs of the uncommitted batch
-	n           int      // events in the uncommitted batch
-	position    uint64   // stream sequence of the last input event handed to the batch
+	pending     []*nats.Msg // outputs and dead letters of the uncommitted batch
+	n           int         // events in the uncommitted batch
+	position    uint64      // stream sequence of the last input event handed to the batch
 	lastBarrier uint64
 	ckpts       map[uint64]*checkpoint
 	asyncWG     sync.WaitGroup
-	badEvents   int
-}
 
-type output struct {
-	id   string
-	data []byte
+	// skipped counts the events this attempt skipped (bad()); heartbeats
+	// read it from other goroutines.
+	skipped atomic.Uint64
 }
 
 func newTask(w *Worker, d *subjects.DeployTask, op Operator, older []*task) *task {
@@ -150,7 +150,7 @@ func (t *task) execute() (err error) {
 	defer t.asyncWG.Wait()
 	defer t.cancel(errEnded) // ends async uploads however execute returns
 
-	t.sink, err = newSink(t.ctx, t.w.nc, t.spec.Sink.Subject, t.w.cfg.MaxPendingOutputs, t.log)
+	t.sink, err = newSink(t.ctx, t.w.nc, []string{t.spec.Sink.Subject, t.spec.Sink.DeadLetter}, t.w.cfg.MaxPendingOutputs, t.log)
 	if err != nil {
 		return err
 	}
@@ -477,7 +477,7 @@ func (t *task) apply(m jetstream.Msg) error {
 	t.position = max(t.position, seq)
 	g, orig, err := subjects.ParseKeyedSubject(m.Subject())
 	if err != nil {
-		t.bad("event with a malformed subject", m.Subject(), seq, err)
+		t.bad("event with a malformed subject", m.Subject(), -1, seq, m.Data(), err)
 		return nil
 	}
 	if !t.rng.Contains(g) {
@@ -494,7 +494,7 @@ func (t *task) apply(m jetstream.Msg) error {
 		}
 	}
 	if err != nil {
-		t.bad("event without a usable key", m.Subject(), seq, err)
+		t.bad("event without a usable key", orig, g, seq, m.Data(), err)
 		return t.setApplied(g, seq)
 	}
 	t.octx.reset([]byte(key))
@@ -503,11 +503,12 @@ func (t *task) apply(m jetstream.Msg) error {
 		if !errors.Is(err, ErrBadEvent) {
 			return subjects.Errorf(subjects.CodeInternal, "operator %s at stream sequence %d: %v", t.spec.Operator.Type, seq, err)
 		}
-		t.bad("event the operator cannot use", m.Subject(), seq, err)
+		t.bad("event the operator cannot use", orig, g, seq, m.Data(), err)
 		return t.setApplied(g, seq)
 	}
 	for i, out := range t.octx.emits {
-		t.pending = append(t.pending, output{id: subjects.OutputMsgID(t.ref.Job, g, seq, i), data: out})
+		t.pending = append(t.pending, &nats.Msg{Subject: t.spec.Sink.Subject, Data: out,
+			Header: nats.Header{nats.MsgIdHdr: []string{subjects.OutputMsgID(t.ref.Job, g, seq, i)}}})
 	}
 	return t.setApplied(g, seq)
 }
@@ -519,12 +520,25 @@ func (t *task) setApplied(g int, seq uint64) error {
 	return nil
 }
 
-// bad logs a skipped event, sparingly.
-func (t *task) bad(what, subject string, seq uint64, err error) {
-	t.badEvents++
-	if t.badEvents <= 10 || t.badEvents%1000 == 0 {
-		t.log.Warn("skipping "+what, "subject", subject, "seq", seq, "err", err, "skipped", t.badEvents)
+// bad counts a skipped event, logs it sparingly and, if the job has a
+// dead-letter subject, queues the event for it with the reason: published
+// after the commit that records the skip, like an output. group is -1 when
+// the event's group is unknown.
+func (t *task) bad(what, subject string, group int, seq uint64, data []byte, err error) {
+	n := t.skipped.Add(1)
+	if n <= 10 || n%1000 == 0 {
+		t.log.Warn("skipping "+what, "subject", subject, "seq", seq, "err", err, "skipped", n)
 	}
+	if t.spec.Sink.DeadLetter == "" {
+		return
+	}
+	t.pending = append(t.pending, &nats.Msg{Subject: t.spec.Sink.DeadLetter, Data: data, Header: nats.Header{
+		nats.MsgIdHdr:                {subjects.DeadLetterMsgID(t.ref.Job, group, seq)},
+		subjects.HdrDeadLetterReason: {what + ": " + err.Error()},
+		subjects.HdrSourceSubject:    {subject},
+		subjects.HdrSourceSeq:        {strconv.FormatUint(seq, 10)},
+		subjects.HdrJob:              {t.ref.Job},
+	}})
 }
 
 // markPosition raises the applied mark of every owned group to the input
@@ -550,11 +564,11 @@ func (t *task) commit() error {
 	if err := t.batch.Commit(); err != nil {
 		return subjects.Errorf(subjects.CodeInternal, "commit state: %v", err)
 	}
-	for i, o := range t.pending {
-		if err := t.sink.publish(t.ctx, o.id, o.data); err != nil {
+	for i, m := range t.pending {
+		if err := t.sink.publish(t.ctx, m); err != nil {
 			return err
 		}
-		t.pending[i] = output{}
+		t.pending[i] = nil
 	}
 	t.pending = t.pending[:0]
 	t.n = 0

@@ -172,7 +172,7 @@ func (w *Worker) Run(ctx context.Context) error {
 // coordinator has let go.
 func (w *Worker) leave() {
 	w.mu.Lock()
-	hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: w.table.report(), Leaving: true}
+	hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: w.slotReport(), Leaving: true}
 	w.mu.Unlock()
 	if hb.Instance == "" || w.nc.IsClosed() {
 		return
@@ -256,6 +256,21 @@ func (w *Worker) register(ctx context.Context) (subjects.RegisterResponse, bool)
 	}
 }
 
+// slotReport returns the slot report of a heartbeat, with each running
+// attempt's count of skipped events. The caller holds w.mu.
+func (w *Worker) slotReport() []subjects.SlotReport {
+	r := w.table.report()
+	for i := range r {
+		if r[i].Attempt == 0 {
+			continue
+		}
+		if t := w.tasks[subjects.TaskRef{Job: r[i].Job, Task: r[i].Task, Attempt: r[i].Attempt}]; t != nil {
+			r[i].Skipped = t.skipped.Load()
+		}
+	}
+	return r
+}
+
 // heartbeat sends a heartbeat with the slot report every interval until
 // ctx is done or the coordinator answers CodeUnknownWorker. A missing answer
 // changes nothing: the worker keeps its tasks and keeps trying.
@@ -273,7 +288,7 @@ func (w *Worker) heartbeat(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 		w.mu.Lock()
-		hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: w.table.report()}
+		hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: w.slotReport()}
 		w.mu.Unlock()
 		var resp subjects.HeartbeatResponse
 		err := w.request(ctx, w.ns.Heartbeat(w.name), &hb, &resp, interval)

@@ -168,9 +168,9 @@ func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {
 	}
 	fmt.Fprintf(w, "job %s: %s (restarts %d, latest checkpoint %d)\n", info.Job, info.State, info.Restarts, info.LatestCheckpoint)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TASK\tKEY GROUPS\tWORKER\tATTEMPT\tSTATE")
+	fmt.Fprintln(tw, "TASK\tKEY GROUPS\tWORKER\tATTEMPT\tSTATE\tSKIPPED")
 	for _, t := range info.Tasks {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\n", t.Task, t.Range, t.Worker, t.Attempt, t.State)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\n", t.Task, t.Range, t.Worker, t.Attempt, t.State, t.Skipped)
 	}
 	return tw.Flush()
 }

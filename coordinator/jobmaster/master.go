@@ -100,6 +100,7 @@ type task struct {
 	since      time.Time // of the current state
 	restartAt  time.Time // waiting to be deployed no earlier than this
 	restoredID uint64
+	skipped    uint64 // events the current attempt skipped, as last reported
 }
 
 // Master is one job's master. Create it with New.
@@ -363,6 +364,14 @@ func (m *Master) AllRunning() bool {
 	return true
 }
 
+// TaskSkipped records how many events attempt ref has skipped, as its
+// worker's heartbeat reports it. Reports of other attempts are ignored.
+func (m *Master) TaskSkipped(ref subjects.TaskRef, n uint64) {
+	if t := m.taskOf(ref); t != nil {
+		t.skipped = n
+	}
+}
+
 // Attempt returns the current attempt of task i (0 if never deployed).
 func (m *Master) Attempt(i int) uint64 {
 	if i < 0 || i >= len(m.tasks) {
@@ -376,7 +385,7 @@ func (m *Master) Info() subjects.JobInfo {
 	spec := m.spec
 	info := subjects.JobInfo{Job: m.spec.Name, State: m.state, Spec: &spec, LatestCheckpoint: m.LatestRestorePoint(), Restarts: m.restarts}
 	for _, t := range m.tasks {
-		info.Tasks = append(info.Tasks, subjects.TaskInfo{Task: t.index, Range: t.rng, Worker: t.worker, Attempt: t.attempt, State: t.state})
+		info.Tasks = append(info.Tasks, subjects.TaskInfo{Task: t.index, Range: t.rng, Worker: t.worker, Attempt: t.attempt, State: t.state, Skipped: t.skipped})
 	}
 	return info
 }
@@ -469,6 +478,7 @@ func (m *Master) deployWaiting(now time.Time) []Action {
 		}
 		s.task = t.index
 		t.alloc, t.worker, t.attempt = s.alloc, s.worker, m.epoch<<20|*m.attempts
+		t.skipped = 0
 		t.state, t.since, t.restoredID = subjects.TaskDeploying, now, rp.ID
 		acts = append(acts, Deploy{Req: subjects.DeployTask{
 			Epoch: m.epoch, Worker: s.worker, Allocation: s.alloc, TaskRef: m.ref(t),
