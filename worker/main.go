@@ -56,6 +56,7 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	f := Flags{}
 	fs := flag.NewFlagSet("flotilla worker", flag.ContinueOnError)
 	fs.SetOutput(output)
+	cli.Help{Line: "flotilla worker [flags]", About: "Run a worker: it registers with the coordinator, offers its slots and runs the tasks deployed to it."}.Usage(fs)
 	f.Common.Register(fs, true)
 	fs.StringVar(&f.DataDir, "data", cli.Env("FLOTILLA_DATA", "flotilla-worker"), "directory for the worker's identity and task state")
 	fs.StringVar(&f.Name, "name", os.Getenv("FLOTILLA_WORKER_NAME"), "worker name (default: kept in <data>/"+IDFile+")")

@@ -15,24 +15,13 @@ import (
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
-// runSavepoint is `flotilla savepoint JOB [--wait]` and `flotilla savepoint
-// delete LOCATION`.
-func runSavepoint(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "delete" {
-		cc := newClientCmd("savepoint delete", stderr)
-		return cc.run(args[1:], []string{"LOCATION"}, func(api *client.Client, pos []string) error {
-			if err := api.DeleteSavepoint(ctx, pos[0]); err != nil {
-				return err
-			}
-			fmt.Fprintf(stdout, "deleted savepoint %s\n", pos[0])
-			return nil
-		})
-	}
-	cc := newClientCmd("savepoint", stderr)
+// runSavepoint is `flotilla savepoint JOB`.
+func runSavepoint(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
 	wait := cc.fs.Bool("wait", false, "show progress (tasks acked, bytes uploaded) until the savepoint completes")
-	target := cc.fs.String("target", "", "location to write the savepoint under (inside the coordinator's store)")
+	target := cc.fs.String("target", "", "`location` to write the savepoint under (inside the coordinator's store)")
 	format := cc.fs.String("format", "canonical", "canonical (portable, one file per task) or native (Pebble files)")
-	pos, err := cc.parse(args, "JOB")
+	pos, err := e.parse(cc.fs, args)
 	if err != nil {
 		return err
 	}
@@ -50,26 +39,32 @@ func runSavepoint(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	defer nc.Close()
 	if *wait {
-		stop, err := showProgress(nc, ns, pos[0], stderr)
+		stop, err := showProgress(nc, ns, pos[0], e.stderr)
 		if err != nil {
 			return err
 		}
 		defer stop()
 	}
-	api, done, err := cc.client()
-	if err != nil {
-		return err
-	}
-	defer done()
-	res, err := api.TriggerSavepoint(ctx, t)
+	res, err := client.New(nc, ns).TriggerSavepoint(ctx, t)
 	if err != nil {
 		return err
 	}
 	if cc.json {
-		return printJSON(stdout, res)
+		return printJSON(e.stdout, res)
 	}
-	fmt.Fprintf(stdout, "savepoint %d of %s: %s\n", res.Checkpoint, res.Job, res.Location)
+	fmt.Fprintf(e.stdout, "savepoint %d of %s: %s\n", res.Checkpoint, res.Job, res.Location)
 	return nil
+}
+
+// runSavepointDelete is `flotilla savepoint delete LOCATION`.
+func runSavepointDelete(ctx context.Context, e *env, args []string) error {
+	return e.clientCmd().run(args, func(api *client.Client, pos []string) error {
+		if err := api.DeleteSavepoint(ctx, pos[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "deleted savepoint %s\n", pos[0])
+		return nil
+	})
 }
 
 // showProgress prints acks of the job's savepoints as they arrive, from
@@ -128,23 +123,29 @@ func human(n int64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-// runCheckpointList is `flotilla checkpoints JOB` and `flotilla savepoints JOB`.
-func runCheckpointList(ctx context.Context, which string, args []string, stdout, stderr io.Writer) error {
-	cc := newClientCmd(which, stderr)
+// runCheckpoints is `flotilla checkpoints JOB`.
+func runCheckpoints(ctx context.Context, e *env, args []string) error {
+	return runCheckpointList(ctx, e, args, (*client.Client).Checkpoints)
+}
+
+// runSavepoints is `flotilla savepoints JOB`.
+func runSavepoints(ctx context.Context, e *env, args []string) error {
+	return runCheckpointList(ctx, e, args, (*client.Client).Savepoints)
+}
+
+func runCheckpointList(ctx context.Context, e *env, args []string,
+	list func(*client.Client, context.Context, string) ([]subjects.CheckpointRecord, error)) error {
+	cc := e.clientCmd()
 	tasks := cc.fs.Bool("tasks", false, "show per-task statistics")
-	return cc.run(args, []string{"JOB"}, func(api *client.Client, pos []string) error {
-		list := api.Checkpoints
-		if which == "savepoints" {
-			list = api.Savepoints
-		}
-		recs, err := list(ctx, pos[0])
+	return cc.run(args, func(api *client.Client, pos []string) error {
+		recs, err := list(api, ctx, pos[0])
 		if err != nil {
 			return err
 		}
 		if cc.json {
-			return printJSON(stdout, recs)
+			return printJSON(e.stdout, recs)
 		}
-		return printCheckpoints(stdout, recs, *tasks)
+		return printCheckpoints(e.stdout, recs, *tasks)
 	})
 }
 
@@ -165,30 +166,30 @@ func printCheckpoints(stdout io.Writer, recs []subjects.CheckpointRecord, tasks 
 }
 
 // runStop is `flotilla job stop JOB --savepoint`.
-func runStop(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cc := newClientCmd("job stop", stderr)
-	withSavepoint := cc.fs.Bool("savepoint", true, "take a savepoint first (the job stops only if it succeeds)")
-	return cc.run(args, []string{"JOB"}, func(api *client.Client, pos []string) error {
+func runStop(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
+	withSavepoint := cc.fs.Bool("savepoint", true, "take a savepoint first (the job stops only if it succeeds); -savepoint=false cancels")
+	return cc.run(args, func(api *client.Client, pos []string) error {
 		if !*withSavepoint {
 			info, err := api.Cancel(ctx, pos[0])
 			if err != nil {
 				return err
 			}
-			return printJob(stdout, info, cc.json)
+			return printJob(e.stdout, info, cc.json)
 		}
 		res, err := api.Stop(ctx, pos[0])
 		if err != nil {
 			return fmt.Errorf("job %s keeps running: %w", pos[0], err)
 		}
-		fmt.Fprintf(stdout, "job %s stopped with savepoint %s\n", pos[0], res.Location)
+		fmt.Fprintf(e.stdout, "job %s stopped with savepoint %s\n", pos[0], res.Location)
 		return nil
 	})
 }
 
 // runRescale is `flotilla job rescale JOB P`.
-func runRescale(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cc := newClientCmd("job rescale", stderr)
-	return cc.run(args, []string{"JOB", "PARALLELISM"}, func(api *client.Client, pos []string) error {
+func runRescale(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
+	return cc.run(args, func(api *client.Client, pos []string) error {
 		p, err := strconv.Atoi(pos[1])
 		if err != nil || p < 1 {
 			return usageErr("parallelism %q must be a positive number", pos[1])
@@ -197,7 +198,7 @@ func runRescale(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "job %s rescaled to %d through savepoint %s\n", pos[0], p, res.Location)
+		fmt.Fprintf(e.stdout, "job %s rescaled to %d through savepoint %s\n", pos[0], p, res.Location)
 		return nil
 	})
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,54 +15,20 @@ import (
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
-// clientFlags parses a client command's flags and positional arguments and
-// connects to the user API.
+// clientCmd is a client command of the user API: its flags (the shared
+// connection settings and --json) and its connection.
 type clientCmd struct {
-	name string
+	e    *env
 	fs   *flag.FlagSet
 	c    cli.Common
 	json bool
 }
 
-func newClientCmd(name string, stderr io.Writer) *clientCmd {
-	cc := &clientCmd{name: name, fs: flag.NewFlagSet("flotilla "+name, flag.ContinueOnError)}
-	cc.fs.SetOutput(stderr)
-	cc.c.Register(cc.fs, false)
+func (e *env) clientCmd() *clientCmd {
+	cc := &clientCmd{e: e, fs: e.flags()}
 	cc.fs.BoolVar(&cc.json, "json", false, "print the raw JSON reply")
+	cc.c.Register(cc.fs, false)
 	return cc
-}
-
-// parse parses args, flags before or after the positional arguments, and
-// checks the positional argument count.
-func (cc *clientCmd) parse(args []string, positional ...string) ([]string, error) {
-	pos, err := parseInterspersed(cc.fs, args)
-	if err != nil {
-		return nil, err
-	}
-	if len(pos) != len(positional) {
-		return nil, usageErr("flotilla %s %s", cc.name, strings.Join(positional, " "))
-	}
-	return pos, nil
-}
-
-// parseInterspersed parses fs's flags wherever they stand among args and
-// returns the positional arguments ("--" ends the flags).
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
 }
 
 func (cc *clientCmd) client() (*client.Client, func(), error) {
@@ -78,10 +43,10 @@ func (cc *clientCmd) client() (*client.Client, func(), error) {
 	return client.New(nc, ns), nc.Close, nil
 }
 
-// run parses args for the positional arguments named, connects, and calls
-// f with the API client and the positional arguments.
-func (cc *clientCmd) run(args []string, positional []string, f func(api *client.Client, pos []string) error) error {
-	pos, err := cc.parse(args, positional...)
+// run parses args, connects, and calls f with the API client and the
+// positional arguments.
+func (cc *clientCmd) run(args []string, f func(api *client.Client, pos []string) error) error {
+	pos, err := cc.e.parse(cc.fs, args)
 	if err != nil {
 		return err
 	}
@@ -99,67 +64,66 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func runJob(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return usageErr("flotilla job submit|list|status|cancel|stop|rescale ...")
-	}
-	sub, args := args[0], args[1:]
-	switch sub {
-	case "stop":
-		return runStop(ctx, args, stdout, stderr)
-	case "rescale":
-		return runRescale(ctx, args, stdout, stderr)
-	}
-	cc := newClientCmd("job "+sub, stderr)
-	switch sub {
-	case "submit":
-		parallelism := cc.fs.Int("parallelism", 0, "parallelism (overrides the spec's)")
-		from := cc.fs.String("from-savepoint", "", "savepoint or checkpoint location to restore from")
-		return cc.run(args, []string{"FILE"}, func(api *client.Client, pos []string) error {
-			data, err := os.ReadFile(pos[0])
-			if err != nil {
-				return err
-			}
-			spec, err := subjects.ParseJobSpec(data)
-			if err != nil {
-				return err
-			}
-			info, err := api.Submit(ctx, spec, *parallelism, *from)
-			if err != nil {
-				return err
-			}
-			return printJob(stdout, info, cc.json)
-		})
-	case "list":
-		return cc.run(args, nil, func(api *client.Client, _ []string) error {
-			jobs, err := api.Jobs(ctx)
-			if err != nil {
-				return err
-			}
-			if cc.json {
-				return printJSON(stdout, jobs)
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "JOB\tSTATE\tTASKS\tRESTARTS\tCHECKPOINT")
-			for _, j := range jobs {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\n", j.Job, j.State, len(j.Tasks), j.Restarts, j.LatestCheckpoint)
-			}
-			return tw.Flush()
-		})
-	case "status", "cancel":
-		return cc.run(args, []string{"JOB"}, func(api *client.Client, pos []string) error {
-			call := api.Status
-			if sub == "cancel" {
-				call = api.Cancel
-			}
-			info, err := call(ctx, pos[0])
-			if err != nil {
-				return err
-			}
-			return printJob(stdout, info, cc.json)
-		})
-	}
-	return usageErr("unknown job command %q (submit, list, status, cancel, stop, rescale)", sub)
+func runSubmit(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
+	parallelism := cc.fs.Int("parallelism", 0, "parallelism (overrides the spec's)")
+	from := cc.fs.String("from-savepoint", "", "savepoint or checkpoint `location` to restore from")
+	return cc.run(args, func(api *client.Client, pos []string) error {
+		data, err := os.ReadFile(pos[0])
+		if err != nil {
+			return err
+		}
+		spec, err := subjects.ParseJobSpec(data)
+		if err != nil {
+			return err
+		}
+		info, err := api.Submit(ctx, spec, *parallelism, *from)
+		if err != nil {
+			return err
+		}
+		return printJob(e.stdout, info, cc.json)
+	})
+}
+
+func runJobList(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
+	return cc.run(args, func(api *client.Client, _ []string) error {
+		jobs, err := api.Jobs(ctx)
+		if err != nil {
+			return err
+		}
+		if cc.json {
+			return printJSON(e.stdout, jobs)
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "JOB\tSTATE\tTASKS\tRESTARTS\tCHECKPOINT")
+		for _, j := range jobs {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\n", j.Job, j.State, len(j.Tasks), j.Restarts, j.LatestCheckpoint)
+		}
+		return tw.Flush()
+	})
+}
+
+func runJobStatus(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
+	return cc.run(args, func(api *client.Client, pos []string) error {
+		info, err := api.Status(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		return printJob(e.stdout, info, cc.json)
+	})
+}
+
+func runJobCancel(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
+	return cc.run(args, func(api *client.Client, pos []string) error {
+		info, err := api.Cancel(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		return printJob(e.stdout, info, cc.json)
+	})
 }
 
 func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {
@@ -175,17 +139,17 @@ func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {
 	return tw.Flush()
 }
 
-func runWorkers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cc := newClientCmd("workers", stderr)
-	return cc.run(args, nil, func(api *client.Client, _ []string) error {
+func runWorkers(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
+	return cc.run(args, func(api *client.Client, _ []string) error {
 		ws, err := api.Workers(ctx)
 		if err != nil {
 			return err
 		}
 		if cc.json {
-			return printJSON(stdout, ws)
+			return printJSON(e.stdout, ws)
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "WORKER\tINSTANCE\tHOST\tSLOTS\tFREE\tLAST HEARTBEAT")
 		for _, w := range ws {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s ago\n", w.Worker, w.Instance, w.Host, w.Slots, w.FreeSlots, time.Since(w.LastHeartbeat).Round(time.Millisecond))
@@ -194,23 +158,20 @@ func runWorkers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	})
 }
 
-func runState(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "get" {
-		return usageErr("flotilla state get JOB KEY")
-	}
-	cc := newClientCmd("state get", stderr)
-	return cc.run(args[1:], []string{"JOB", "KEY"}, func(api *client.Client, pos []string) error {
+func runStateGet(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
+	return cc.run(args, func(api *client.Client, pos []string) error {
 		res, err := api.State(ctx, pos[0], pos[1])
 		if err != nil {
 			return err
 		}
 		if cc.json {
-			return printJSON(stdout, res)
+			return printJSON(e.stdout, res)
 		}
 		if !res.Found {
 			return fmt.Errorf("%s: key %q has no state (key group %d, task %d)", pos[0], pos[1], res.Group, res.Task)
 		}
-		fmt.Fprintf(stdout, "%s\n", res.Value)
+		fmt.Fprintf(e.stdout, "%s\n", res.Value)
 		return nil
 	})
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -15,10 +13,9 @@ import (
 	"github.com/flotilla-io/flotilla/internal/cli"
 )
 
-func runCoordinator(ctx context.Context, args []string, stderr io.Writer) error {
+func runCoordinator(ctx context.Context, e *env, args []string) error {
 	var c cli.Common
-	fs := flag.NewFlagSet("flotilla coordinator", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := e.flags()
 	c.Register(fs, true)
 	hbInterval := fs.Duration("heartbeat-interval", 2*time.Second, "how often workers heartbeat")
 	hbTimeout := fs.Duration("heartbeat-timeout", 10*time.Second, "silence after which a worker is lost")
@@ -30,11 +27,8 @@ func runCoordinator(ctx context.Context, args []string, stderr io.Writer) error 
 		"replicas of every JetStream stream and KV bucket flotilla creates; 0: 3 on a cluster that can place 3, else 1 (env FLOTILLA_REPLICAS)")
 	placeCluster := fs.String("placement-cluster", os.Getenv("FLOTILLA_PLACEMENT_CLUSTER"), "JetStream cluster to place flotilla's streams in (env FLOTILLA_PLACEMENT_CLUSTER)")
 	placeTags := fs.String("placement-tags", os.Getenv("FLOTILLA_PLACEMENT_TAGS"), "comma-separated server tags to place flotilla's streams on (env FLOTILLA_PLACEMENT_TAGS)")
-	if err := fs.Parse(args); err != nil {
+	if _, err := e.parse(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return usageErr("unexpected arguments %q", fs.Args())
 	}
 	var placement *jetstream.Placement
 	if *placeCluster != "" || *placeTags != "" {
@@ -43,7 +37,7 @@ func runCoordinator(ctx context.Context, args []string, stderr io.Writer) error 
 			placement.Tags = strings.Split(*placeTags, ",")
 		}
 	}
-	log, err := c.Logger(stderr)
+	log, err := c.Logger(e.stderr)
 	if err != nil {
 		return err
 	}

@@ -2,31 +2,25 @@ package main
 
 import (
 	"context"
-	"flag"
-	"io"
 
 	"github.com/flotilla-io/flotilla/internal/cli"
 	"github.com/flotilla-io/flotilla/internal/devcluster"
 )
 
-func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("flotilla dev", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfg := devcluster.Config{Out: stdout}
+func runDev(ctx context.Context, e *env, args []string) error {
+	fs := e.flags()
+	cfg := devcluster.Config{Out: e.stdout}
 	fs.StringVar(&cfg.Listen, "listen", cli.Env("FLOTILLA_DEV_LISTEN", "127.0.0.1:4222"), "NATS client address of the embedded server")
 	fs.StringVar(&cfg.DataDir, "data", cli.Env("FLOTILLA_DATA", devcluster.DefaultDataDir()), "directory for JetStream, the object store and worker state")
 	fs.IntVar(&cfg.Workers, "workers", 2, "number of workers")
 	fs.IntVar(&cfg.Slots, "slots", 2, "slots per worker")
 	fs.BoolVar(&cfg.Demo, "demo", false, "submit an example job, publish sample events and print what happens")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
+	if _, err := e.parse(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usageErr("unexpected arguments %q", fs.Args())
-	}
 	c := cli.Common{LogLevel: *logLevel}
-	log, err := c.Logger(stderr)
+	log, err := c.Logger(e.stderr)
 	if err != nil {
 		return err
 	}

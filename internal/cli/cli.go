@@ -1,7 +1,8 @@
 // Package cli holds the command-line settings every flotilla process shares:
 // how to reach NATS (URL, credentials, TLS), the fleet's subject prefix, the
 // object store, and logging. Each setting has a flag and an environment
-// variable; the flag wins.
+// variable; the flag wins. NATS settings also come from natscli contexts
+// (see Common), so that a NATS user's existing setup just works.
 package cli
 
 import (
@@ -16,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/jsm.go/natscontext"
 	"github.com/nats-io/nats.go"
 
 	"github.com/flotilla-io/flotilla/objectstore"
@@ -31,8 +33,18 @@ import (
 // user) and TLSCA the CA that verifies the server. InboxPrefix replaces
 // "_INBOX" in the subjects on which the process receives replies, so that
 // a server can let each user subscribe to its own replies only.
+//
+// Context names a natscli context, as `nats --context` does: a name under
+// $XDG_CONFIG_HOME/nats/context (default ~/.config/nats/context), or the
+// path of a context .json file. Empty means the context selected with
+// `nats context select`, if any; NoContext ignores contexts. A context
+// supplies every NATS setting (URL, credentials, nkey, TLS, inbox prefix,
+// and the rest natscli reads); each setting given by a flag or an
+// environment variable replaces the context's.
 type Common struct {
 	NATS        string
+	Context     string
+	NoContext   bool
 	Creds       string
 	NKey        string
 	User        string
@@ -59,7 +71,11 @@ func Env(key, def string) string {
 // Register adds the shared flags to fs, defaulting to the environment.
 // store says whether the command uses the object store.
 func (c *Common) Register(fs *flag.FlagSet, store bool) {
-	fs.StringVar(&c.NATS, "nats", Env("NATS_URL", nats.DefaultURL), "NATS server URL(s), comma separated (env NATS_URL)")
+	fs.StringVar(&c.NATS, "nats", os.Getenv("NATS_URL"), "NATS server URL(s), comma separated (env NATS_URL; default: the context's, else "+nats.DefaultURL+")")
+	fs.StringVar(&c.NATS, "server", c.NATS, "same as -nats")
+	fs.StringVar(&c.NATS, "s", c.NATS, "same as -nats")
+	fs.StringVar(&c.Context, "context", os.Getenv("NATS_CONTEXT"), "natscli context: a `name` from `nats context ls` or a context .json file (env NATS_CONTEXT; default: the selected one)")
+	fs.BoolVar(&c.NoContext, "no-context", false, "ignore natscli contexts, even the selected one")
 	fs.StringVar(&c.Creds, "creds", os.Getenv("NATS_CREDS"), "NATS credentials file (env NATS_CREDS)")
 	fs.StringVar(&c.NKey, "nkey", os.Getenv("NATS_NKEY"), "NATS nkey seed file (env NATS_NKEY)")
 	fs.StringVar(&c.User, "user", os.Getenv("NATS_USER"), "NATS user (env NATS_USER)")
@@ -157,62 +173,120 @@ func openStoreRetrying(ctx context.Context, log *slog.Logger, open func(context.
 // credentials, a password without a user, a certificate without its key)
 // rather than pick one silently.
 func (c *Common) Connect(name string, forever bool, extra ...nats.Option) (*nats.Conn, error) {
-	opts, err := c.natsOptions()
+	nctx, err := c.natsContext()
 	if err != nil {
 		return nil, err
+	}
+	opts, err := nctx.NATSOptions()
+	if err != nil {
+		return nil, fmt.Errorf("NATS settings%s: %w", contextNote(nctx), err)
 	}
 	opts = append([]nats.Option{nats.Name(name)}, opts...)
 	if forever {
 		opts = append(opts, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.IgnoreAuthErrorAbort())
 	}
-	nc, err := nats.Connect(strings.TrimSpace(c.NATS), append(opts, extra...)...)
+	url := strings.TrimSpace(nctx.ServerURL())
+	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS at %s: %w", c.NATS, err)
+		return nil, fmt.Errorf("connecting to NATS at %s%s: %w", url, contextNote(nctx), err)
 	}
 	return nc, nil
 }
 
-// natsOptions returns the authentication, TLS and inbox options.
-func (c *Common) natsOptions() ([]nats.Option, error) {
+// contextNote names the natscli context settings came from, for errors.
+func contextNote(nctx *natscontext.Context) string {
+	if nctx.Path() == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (natscli context %s)", nctx.Path())
+}
+
+// natsContext returns the settings to connect with: the natscli context
+// (Context, else the selected one, unless NoContext), with every setting
+// given by a flag or the environment in place of the context's. Credentials
+// are replaced whole: a flag or variable naming any kind of credentials
+// drops every credential of the context, so that the two never mix; a
+// password alone is the password of the context's user.
+func (c *Common) natsContext() (*natscontext.Context, error) {
+	if err := c.checkCredentials(); err != nil {
+		return nil, err
+	}
+	over := []natscontext.Option{
+		natscontext.WithServerURL(strings.TrimSpace(c.NATS)),
+		natscontext.WithCertificate(c.TLSCert), natscontext.WithKey(c.TLSKey), natscontext.WithCA(c.TLSCA),
+		natscontext.WithInboxPrefix(c.InboxPrefix),
+	}
+	creds := []natscontext.Option{
+		natscontext.WithCreds(c.Creds), natscontext.WithNKey(c.NKey),
+		natscontext.WithUser(c.User), natscontext.WithPassword(c.Password), natscontext.WithToken(c.Token),
+	}
+	var nctx *natscontext.Context
+	var err error
+	switch {
+	case c.NoContext:
+		nctx, err = natscontext.New("", false, over...)
+	case strings.HasSuffix(c.Context, ".json") && isFile(c.Context):
+		nctx, err = natscontext.NewFromFile(c.Context, over...)
+	default:
+		nctx, err = natscontext.New(c.Context, true, over...)
+	}
+	if err != nil {
+		known := "none"
+		if names := natscontext.KnownContexts(); len(names) > 0 {
+			known = strings.Join(names, ", ")
+		}
+		return nil, fmt.Errorf("natscli context: %w (known contexts: %s)", err, known)
+	}
+	switch {
+	case c.Creds+c.NKey+c.User+c.Token != "":
+		nctx = withoutCredentials(nctx, creds)
+	case c.Password != "" && nctx.User() == "":
+		return nil, fmt.Errorf("-password (NATS_PASSWORD) is set without -user (NATS_USER)%s", contextNote(nctx))
+	case c.Password != "":
+		// The password of the context's user, kept out of its file.
+		nctx = withoutCredentials(nctx, []natscontext.Option{natscontext.WithUser(nctx.User()), natscontext.WithPassword(c.Password)})
+	}
+	if (nctx.Certificate() == "") != (nctx.Key() == "") {
+		return nil, fmt.Errorf("a client certificate needs both -tlscert (NATS_CERT) and -tlskey (NATS_KEY)%s", contextNote(nctx))
+	}
+	return nctx, nil
+}
+
+// withoutCredentials returns nctx's settings with its credentials replaced
+// by creds.
+func withoutCredentials(nctx *natscontext.Context, creds []natscontext.Option) *natscontext.Context {
+	opts := []natscontext.Option{
+		natscontext.WithServerURL(nctx.ServerURL()),
+		natscontext.WithCertificate(nctx.Certificate()), natscontext.WithKey(nctx.Key()), natscontext.WithCA(nctx.CA()),
+		natscontext.WithInboxPrefix(nctx.InboxPrefix()), natscontext.WithSocksProxy(nctx.SocksProxy()),
+		natscontext.WithWindowsCertStore(nctx.WindowsCertStore()), natscontext.WithWindowsCertStoreMatch(nctx.WindowsCertStoreMatch()),
+		natscontext.WithWindowsCertStoreMatchBy(nctx.WindowsCertStoreMatchBy()), natscontext.WithWindowsCaCertsMatch(nctx.WindowsCaCertsMatch()...),
+	}
+	if nctx.TLSHandshakeFirst() {
+		opts = append(opts, natscontext.WithTLSHandshakeFirst())
+	}
+	out, _ := natscontext.New(nctx.Name, false, append(opts, creds...)...) // never fails without loading
+	return out
+}
+
+func isFile(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular()
+}
+
+// checkCredentials refuses credentials from flags and the environment of
+// more than one kind.
+func (c *Common) checkCredentials() error {
 	var kinds []string
 	for _, k := range []struct{ flag, value string }{{"-creds", c.Creds}, {"-nkey", c.NKey}, {"-user", c.User}, {"-token", c.Token}} {
 		if k.value != "" {
 			kinds = append(kinds, k.flag)
 		}
 	}
-	switch {
-	case len(kinds) > 1:
-		return nil, fmt.Errorf("more than one kind of NATS credentials (%s, from flags or the environment): set one", strings.Join(kinds, ", "))
-	case c.Password != "" && c.User == "":
-		return nil, errors.New("-password (NATS_PASSWORD) is set without -user (NATS_USER)")
-	case (c.TLSCert == "") != (c.TLSKey == ""):
-		return nil, errors.New("a client certificate needs both -tlscert (NATS_CERT) and -tlskey (NATS_KEY)")
+	if len(kinds) > 1 {
+		return fmt.Errorf("more than one kind of NATS credentials (%s, from flags or the environment): set one", strings.Join(kinds, ", "))
 	}
-	var opts []nats.Option
-	switch {
-	case c.Creds != "":
-		opts = append(opts, nats.UserCredentials(c.Creds))
-	case c.NKey != "":
-		o, err := nats.NkeyOptionFromSeed(c.NKey)
-		if err != nil {
-			return nil, fmt.Errorf("-nkey: %w", err)
-		}
-		opts = append(opts, o)
-	case c.User != "":
-		opts = append(opts, nats.UserInfo(c.User, c.Password))
-	case c.Token != "":
-		opts = append(opts, nats.Token(c.Token))
-	}
-	if c.TLSCert != "" {
-		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
-	}
-	if c.TLSCA != "" {
-		opts = append(opts, nats.RootCAs(c.TLSCA))
-	}
-	if c.InboxPrefix != "" {
-		opts = append(opts, nats.CustomInboxPrefix(c.InboxPrefix))
-	}
-	return opts, nil
+	return nil
 }
 
 // LogConnection returns an option that logs what a NATS connection would

@@ -26,7 +26,7 @@ func TestConnectRefusesAmbiguousSettings(t *testing.T) {
 	}{
 		{"creds and user", Common{Creds: "a.creds", User: "u"}, "more than one kind of NATS credentials (-creds, -user"},
 		{"nkey and token", Common{NKey: "user.nk", Token: "t"}, "more than one kind of NATS credentials (-nkey, -token"},
-		{"unreadable nkey", Common{NKey: "no-such-file.nk"}, "-nkey: "},
+		{"unreadable nkey", Common{NKey: "no-such-file.nk"}, "NATS settings: nats: open no-such-file.nk"},
 		{"user and token", Common{User: "u", Password: "p", Token: "t"}, "more than one kind of NATS credentials (-user, -token"},
 		{"password without user", Common{Password: "p"}, "-password (NATS_PASSWORD) is set without -user"},
 		{"certificate without key", Common{TLSCert: "c.pem"}, "needs both -tlscert"},
