@@ -105,20 +105,19 @@ func runJobList(ctx context.Context, e *env, args []string) error {
 }
 
 func runJobStatus(ctx context.Context, e *env, args []string) error {
-	cc := e.clientCmd()
-	return cc.run(args, func(api *client.Client, pos []string) error {
-		info, err := api.Status(ctx, pos[0])
-		if err != nil {
-			return err
-		}
-		return printJob(e.stdout, info, cc.json)
-	})
+	return runJobCall(ctx, e, args, (*client.Client).Status)
 }
 
 func runJobCancel(ctx context.Context, e *env, args []string) error {
+	return runJobCall(ctx, e, args, (*client.Client).Cancel)
+}
+
+// runJobCall runs a command that calls the API for JOB and prints the
+// job it answers with.
+func runJobCall(ctx context.Context, e *env, args []string, call func(*client.Client, context.Context, string) (subjects.JobInfo, error)) error {
 	cc := e.clientCmd()
 	return cc.run(args, func(api *client.Client, pos []string) error {
-		info, err := api.Cancel(ctx, pos[0])
+		info, err := call(api, ctx, pos[0])
 		if err != nil {
 			return err
 		}
