@@ -216,7 +216,11 @@ func (c *Coordinator) readMetadata(ctx context.Context, key string) (subjects.Ch
 
 func (c *Coordinator) onAck(msg *nats.Msg) {
 	var a subjects.Ack
-	if err := subjects.Decode(msg.Data, &a); err != nil {
+	err := subjects.Decode(msg.Data, &a)
+	if err == nil {
+		err = subjects.CheckSpeaker(msg.Subject, a.Worker)
+	}
+	if err != nil {
 		c.log.Warn("bad ack", "subject", msg.Subject, "err", err)
 		return
 	}
@@ -235,7 +239,11 @@ func (c *Coordinator) onAck(msg *nats.Msg) {
 
 func (c *Coordinator) onDecline(msg *nats.Msg) {
 	var d subjects.Decline
-	if err := subjects.Decode(msg.Data, &d); err != nil {
+	err := subjects.Decode(msg.Data, &d)
+	if err == nil {
+		err = subjects.CheckSpeaker(msg.Subject, d.Worker)
+	}
+	if err != nil {
 		c.log.Warn("bad decline", "subject", msg.Subject, "err", err)
 		return
 	}

@@ -74,9 +74,8 @@ func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
 	}
 	// The subject names the worker, so that subject permissions can bind a
 	// NATS user to the worker it may heartbeat for: the body must agree.
-	if tok := subjects.LastToken(msg.Subject); tok != hb.Worker {
-		subjects.Reply(msg, &subjects.HeartbeatResponse{Error: subjects.Errorf(subjects.CodeInvalidArgument,
-			"heartbeat of worker %q on the subject of worker %q", hb.Worker, tok)})
+	if err := subjects.CheckSpeaker(msg.Subject, hb.Worker); err != nil {
+		subjects.Reply(msg, &subjects.HeartbeatResponse{Error: subjects.AsError(err)})
 		return
 	}
 	c.enqueue(func(now time.Time) {
@@ -95,7 +94,11 @@ func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
 
 func (c *Coordinator) onOffer(msg *nats.Msg) {
 	var o subjects.SlotOffer
-	if err := subjects.Decode(msg.Data, &o); err != nil {
+	err := subjects.Decode(msg.Data, &o)
+	if err == nil {
+		err = subjects.CheckSpeaker(msg.Subject, o.Worker)
+	}
+	if err != nil {
 		subjects.Reply(msg, &subjects.OfferResponse{Error: subjects.AsError(err)})
 		return
 	}
@@ -135,7 +138,11 @@ func (c *Coordinator) onOffer(msg *nats.Msg) {
 
 func (c *Coordinator) onStatus(msg *nats.Msg) {
 	var st subjects.TaskStatus
-	if err := subjects.Decode(msg.Data, &st); err != nil {
+	err := subjects.Decode(msg.Data, &st)
+	if err == nil {
+		err = subjects.CheckSpeaker(msg.Subject, st.Worker)
+	}
+	if err != nil {
 		c.log.Warn("bad task status", "subject", msg.Subject, "err", err)
 		return
 	}

@@ -206,8 +206,24 @@ func TestJobSpecValidation(t *testing.T) {
 
 func TestSubjects(t *testing.T) {
 	var n Namespace
-	if got := n.Ack("clicks"); got != "flotilla.job.clicks.ack" {
-		t.Errorf("ack = %s", got)
+	// Everything a worker says names it last, and the wildcards match.
+	for _, c := range []struct{ got, want string }{
+		{n.Ack("clicks", "w1"), "flotilla.job.clicks.ack.w1"},
+		{n.Decline("clicks", "w1"), "flotilla.job.clicks.decline.w1"},
+		{n.Offer("clicks", "w1"), "flotilla.job.clicks.offer.w1"},
+		{n.TaskStatus("clicks", "w1"), "flotilla.job.clicks.status.w1"},
+		{n.JobWildcard("ack"), "flotilla.job.*.ack.*"},
+		{n.JobWorkers("clicks", "ack"), "flotilla.job.clicks.ack.*"},
+	} {
+		if c.got != c.want {
+			t.Errorf("subject %s, want %s", c.got, c.want)
+		}
+	}
+	if err := CheckSpeaker(n.Ack("clicks", "w1"), "w1"); err != nil {
+		t.Errorf("w1 on its own subject: %v", err)
+	}
+	if err := CheckSpeaker(n.Ack("clicks", "w1"), "w2"); CodeOf(err) != CodeInvalidArgument {
+		t.Errorf("w2 on w1's subject: %v", err)
 	}
 	p, err := NewNamespace("acme.flotilla")
 	if err != nil {

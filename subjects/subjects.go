@@ -9,15 +9,15 @@
 //	  p.rm.register                     worker -> coordinator, request: RegisterRequest -> RegisterResponse
 //	  p.rm.heartbeat.<worker>           worker -> coordinator, request: Heartbeat -> HeartbeatResponse
 //	  p.worker.<worker>.slot            coordinator -> worker, request: SlotRequest -> SlotResponse
-//	  p.job.<job>.offer                 worker -> job master, request: SlotOffer -> OfferResponse
+//	  p.job.<job>.offer.<worker>        worker -> job master, request: SlotOffer -> OfferResponse
 //	  p.worker.<worker>.deploy          job master -> worker, request: DeployTask -> Response
 //	  p.worker.<worker>.cancel          job master -> worker, request: CancelTask -> Response
-//	  p.job.<job>.status                worker -> job master, publish: TaskStatus
+//	  p.job.<job>.status.<worker>       worker -> job master, publish: TaskStatus
 //
 //	Checkpoint plane
 //	  p.job.<job>.barrier               coordinator -> tasks, publish: Barrier
-//	  p.job.<job>.ack                   task -> coordinator, publish: Ack
-//	  p.job.<job>.decline               task -> coordinator, publish: Decline
+//	  p.job.<job>.ack.<worker>          task -> coordinator, publish: Ack
+//	  p.job.<job>.decline.<worker>      task -> coordinator, publish: Decline
 //	  p.job.<job>.complete              coordinator -> tasks, publish: Complete
 //	  p.job.<job>.abort                 coordinator -> tasks, publish: Abort
 //
@@ -28,6 +28,11 @@
 //	  p.trigger.savepoint.<job>         anyone, publish or request: TriggerSavepoint (body may be empty) -> SavepointResult
 //	  p.api.<endpoint>                  the "flotilla" nats micro service (see API* constants)
 //	  p.events.<kind...>                coordinator, publish: Event, kept in a JetStream stream
+//
+// Everything a worker says (register aside) carries its name as the last
+// token of the subject, so that per-worker NATS users bind each worker to
+// its own messages; receivers check that the body names the same worker
+// (CheckSpeaker).
 //
 // Names used as subject tokens (jobs, workers) must satisfy ValidateName.
 package subjects
@@ -88,20 +93,25 @@ func (n Namespace) Deploy(worker string) string { return n.s("worker." + worker 
 // Cancel is the subject on which worker accepts task cancellations.
 func (n Namespace) Cancel(worker string) string { return n.s("worker." + worker + ".cancel") }
 
-// Offer is the subject on which job's master accepts slot offers.
-func (n Namespace) Offer(job string) string { return n.s("job." + job + ".offer") }
+// Offer is the subject on which job's master accepts worker's slot offers.
+func (n Namespace) Offer(job, worker string) string { return n.s("job." + job + ".offer." + worker) }
 
-// TaskStatus is the subject of status reports of job's tasks.
-func (n Namespace) TaskStatus(job string) string { return n.s("job." + job + ".status") }
+// TaskStatus is the subject of status reports of job's tasks on worker.
+func (n Namespace) TaskStatus(job, worker string) string {
+	return n.s("job." + job + ".status." + worker)
+}
 
 // Barrier is the subject on which job's tasks receive checkpoint barriers.
 func (n Namespace) Barrier(job string) string { return n.s("job." + job + ".barrier") }
 
-// Ack is the subject of job's checkpoint acknowledgements.
-func (n Namespace) Ack(job string) string { return n.s("job." + job + ".ack") }
+// Ack is the subject of checkpoint acknowledgements of job's tasks on
+// worker.
+func (n Namespace) Ack(job, worker string) string { return n.s("job." + job + ".ack." + worker) }
 
-// Decline is the subject of job's checkpoint declines.
-func (n Namespace) Decline(job string) string { return n.s("job." + job + ".decline") }
+// Decline is the subject of checkpoint declines of job's tasks on worker.
+func (n Namespace) Decline(job, worker string) string {
+	return n.s("job." + job + ".decline." + worker)
+}
 
 // Complete is the subject on which job's tasks learn that a checkpoint is
 // committed.
@@ -111,8 +121,23 @@ func (n Namespace) Complete(job string) string { return n.s("job." + job + ".com
 // given up.
 func (n Namespace) Abort(job string) string { return n.s("job." + job + ".abort") }
 
-// JobWildcard matches subject kind (e.g. "ack", "status") of every job.
-func (n Namespace) JobWildcard(kind string) string { return n.s("job.*." + kind) }
+// JobWildcard matches what workers say of kind (one of "offer", "status",
+// "ack", "decline") about every job, from every worker.
+func (n Namespace) JobWildcard(kind string) string { return n.s("job.*." + kind + ".*") }
+
+// JobWorkers matches what workers say of kind about job, from every worker.
+func (n Namespace) JobWorkers(job, kind string) string { return n.s("job." + job + "." + kind + ".*") }
+
+// CheckSpeaker returns an invalid_argument error unless subject, on which
+// a worker said something, names worker (the worker its body names) as
+// its last token: subject permissions bind a NATS user to the subjects of
+// its worker, and this binds the body to the subject.
+func CheckSpeaker(subject, worker string) error {
+	if tok := LastToken(subject); tok != worker {
+		return Errorf(CodeInvalidArgument, "message of worker %q on the subject of worker %q", worker, tok)
+	}
+	return nil
+}
 
 // StateQuery is the subject on which the task owning key group group of job
 // answers state queries.

@@ -138,7 +138,7 @@ func (t *task) barrier(b *subjects.Barrier) error {
 		default:
 			ack := subjects.Ack{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Handle: h,
 				Sync: subjects.Duration(syncDur), Async: subjects.Duration(time.Since(start))}
-			t.publish(t.w.ns.Ack(t.ref.Job), &ack)
+			t.publish(t.w.ns.Ack(t.ref.Job, t.w.name), &ack)
 			t.log.Debug("checkpoint acked", "checkpoint", b.Checkpoint, "kind", b.Kind.String(), "handle", h.String(),
 				"sync", syncDur, "async", time.Since(start))
 		}
@@ -186,7 +186,7 @@ func (t *task) abort(a *subjects.Abort) {
 
 func (t *task) decline(b *subjects.Barrier, reason *subjects.Error) {
 	t.log.Warn("declining checkpoint", "checkpoint", b.Checkpoint, "reason", reason)
-	t.publish(t.w.ns.Decline(t.ref.Job), &subjects.Decline{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Reason: reason})
+	t.publish(t.w.ns.Decline(t.ref.Job, t.w.name), &subjects.Decline{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Reason: reason})
 }
 
 func (t *task) publish(subject string, m subjects.Message) {

@@ -352,7 +352,7 @@ func (w *Worker) offer(req subjects.SlotRequest, idx int, instance string) {
 	o := subjects.SlotOffer{Epoch: req.Epoch, Worker: w.name, Instance: instance, Job: req.Job,
 		Slots: []subjects.OfferedSlot{{Slot: idx, Allocation: req.Allocation}}}
 	var resp subjects.OfferResponse
-	err := w.request(context.Background(), w.ns.Offer(req.Job), &o, &resp, w.cfg.RequestTimeout)
+	err := w.request(context.Background(), w.ns.Offer(req.Job, w.name), &o, &resp, w.cfg.RequestTimeout)
 	if err == nil && resp.Error != nil {
 		err = resp.Error
 	}
@@ -496,7 +496,7 @@ func (w *Worker) taskStateChanged(t *task, st subjects.TaskState, cause *subject
 
 func (w *Worker) publishStatus(ref subjects.TaskRef, st subjects.TaskState, cause *subjects.Error) {
 	m := subjects.TaskStatus{Worker: w.name, TaskRef: ref, State: st, Error: cause}
-	if err := w.nc.Publish(w.ns.TaskStatus(ref.Job), subjects.MustEncode(&m)); err != nil {
+	if err := w.nc.Publish(w.ns.TaskStatus(ref.Job, w.name), subjects.MustEncode(&m)); err != nil {
 		w.log.Warn("publishing task status", "job", ref.Job, "task", ref.Task, "state", st.String(), "err", err)
 	}
 }

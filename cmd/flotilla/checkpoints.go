@@ -89,7 +89,7 @@ func showProgress(nc *nats.Conn, ns subjects.Namespace, job string, w io.Writer)
 	if err != nil {
 		return nil, err
 	}
-	asub, err := nc.Subscribe(ns.Ack(job), func(m *nats.Msg) {
+	asub, err := nc.Subscribe(ns.JobWorkers(job, "ack"), func(m *nats.Msg) {
 		var a subjects.Ack
 		if subjects.Decode(m.Data, &a) != nil {
 			return

@@ -201,7 +201,7 @@ func TestFleetUnderSubjectPermissions(t *testing.T) {
 			{ns.Deploy("worker-1"), deploy},
 			{ns.Cancel("worker-1"), nil},
 			{ns.SlotRequest("worker-2"), nil},
-			{ns.Offer("clicks"), nil},
+			{ns.Offer("clicks", "worker-1"), nil},
 			{"$JS.API.STREAM.INFO.KV_FLOTILLA_CHECKPOINTS", nil},
 			{"$JS.API.DIRECT.GET.KV_FLOTILLA_CHECKPOINTS.$KV.FLOTILLA_CHECKPOINTS.clicks.latest", nil},
 			{"$JS.API.STREAM.PURGE.KV_FLOTILLA_CHECKPOINTS", nil},
@@ -217,9 +217,9 @@ func TestFleetUnderSubjectPermissions(t *testing.T) {
 			subject string
 			data    []byte
 		}{
-			{ns.Ack("clicks"), ack},
-			{ns.Decline("clicks"), ack},
-			{ns.TaskStatus("clicks"), nil},
+			{ns.Ack("clicks", "worker-1"), ack},
+			{ns.Decline("clicks", "worker-1"), ack},
+			{ns.TaskStatus("clicks", "worker-1"), nil},
 			{ns.Barrier("clicks"), barrier},
 			{ns.Complete("clicks"), nil},
 			{ns.Heartbeat("worker-1"), nil},
@@ -246,7 +246,7 @@ func TestFleetUnderSubjectPermissions(t *testing.T) {
 		// Subscriptions that would let it impersonate the coordinator or a
 		// worker, or read others' replies.
 		for _, s := range []string{ns.Register(), ns.API(subjects.APIJobSubmit), ns.Deploy("worker-1"),
-			ns.StateQuery("clicks", 3), ns.Ack("clicks"), "_INBOX.coordinator.>", "_INBOX.>", "$KV.FLOTILLA_CHECKPOINTS.>"} {
+			ns.StateQuery("clicks", 3), ns.JobWildcard("ack"), "_INBOX.coordinator.>", "_INBOX.>", "$KV.FLOTILLA_CHECKPOINTS.>"} {
 			if _, err := nc.SubscribeSync(s); err != nil {
 				t.Fatal(err)
 			}
@@ -266,12 +266,31 @@ func TestFleetUnderSubjectPermissions(t *testing.T) {
 			}
 			errs.violation(t, "Publish", subject)
 		}
+		// Nor may it ack, decline, report status or offer slots as
+		// worker-2: those subjects name the worker that speaks.
 		for _, subject := range []string{ns.Barrier("clicks"), ns.Complete("clicks"), ns.Abort("clicks"),
-			ns.Heartbeat("worker-2"), ns.Events(subjects.EventWorkerLost, "worker-2"), "$KV.FLOTILLA_CHECKPOINTS.clicks.latest"} {
+			ns.Heartbeat("worker-2"), ns.Events(subjects.EventWorkerLost, "worker-2"), "$KV.FLOTILLA_CHECKPOINTS.clicks.latest",
+			ns.Ack("clicks", "worker-2"), ns.Decline("clicks", "worker-2"), ns.TaskStatus("clicks", "worker-2")} {
 			if err := nc.Publish(subject, barrier); err != nil {
 				t.Fatal(err)
 			}
 			errs.violation(t, "Publish", subject)
+		}
+		if _, err := nc.Request(ns.Offer("clicks", "worker-2"), nil, 250*time.Millisecond); err == nil {
+			t.Error("worker-1 offered a slot as worker-2")
+		}
+		errs.violation(t, "Publish", ns.Offer("clicks", "worker-2"))
+		// On its own subjects, a body that names worker-2 is refused by
+		// the coordinator (an offer is answered with invalid_argument).
+		offer := subjects.MustEncode(&subjects.SlotOffer{Epoch: 1, Worker: "worker-2", Instance: "x", Job: "clicks",
+			Slots: []subjects.OfferedSlot{{Slot: 0, Allocation: "a"}}})
+		if msg, err := nc.Request(ns.Offer("clicks", "worker-1"), offer, 5*time.Second); err != nil {
+			t.Fatal(err)
+		} else {
+			var resp subjects.OfferResponse
+			if err := subjects.Decode(msg.Data, &resp); err != nil || resp.Error == nil || resp.Error.Code != subjects.CodeInvalidArgument {
+				t.Errorf("worker-2's offer on worker-1's subject: %s (%v)", msg.Data, err)
+			}
 		}
 		// On its own heartbeat subject it cannot speak for another worker
 		// (which would keep a dead worker-2 alive): the coordinator checks
@@ -301,7 +320,7 @@ func TestFleetUnderSubjectPermissions(t *testing.T) {
 		}
 		// Another worker's slot requests and deployments, the coordinator's
 		// subjects and others' replies are out of reach.
-		for _, s := range []string{ns.Deploy("worker-2"), "flotilla.worker.*.deploy", ns.Register(), ns.Ack("clicks"),
+		for _, s := range []string{ns.Deploy("worker-2"), "flotilla.worker.*.deploy", ns.Register(), ns.JobWildcard("ack"),
 			"_INBOX.worker-2.>", "_INBOX.coordinator.>"} {
 			if _, err := nc.SubscribeSync(s); err != nil {
 				t.Fatal(err)
