@@ -26,6 +26,7 @@ const (
 	CodeStaleEpoch         Code = 201 // sender's coordinator epoch or task attempt is superseded
 	CodeNoSlot             Code = 202 // the worker has no free slot
 	CodeSlotMismatch       Code = 203 // slot/allocation does not match what the receiver holds
+	CodeEpochAhead         Code = 204 // a coordinator epoch above the one the worker registered with
 	CodeUnknownJob         Code = 300 // no such job
 	CodeJobExists          Code = 301 // a job of that name is running
 	CodeInvalidJobSpec     Code = 302 // job spec fails validation
@@ -61,6 +62,7 @@ var codeNames = map[Code]string{
 	CodeStaleEpoch:         "stale_epoch",
 	CodeNoSlot:             "no_slot",
 	CodeSlotMismatch:       "slot_mismatch",
+	CodeEpochAhead:         "epoch_ahead",
 	CodeUnknownJob:         "unknown_job",
 	CodeJobExists:          "job_exists",
 	CodeInvalidJobSpec:     "invalid_job_spec",

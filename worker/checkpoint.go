@@ -32,6 +32,29 @@ type checkpoint struct {
 	cancel context.CancelFunc
 }
 
+// barrierLog remembers the last barriers a task took, so that a repeated
+// barrier is ignored. It is a set of recent ids, not a high-water mark: a
+// barrier whose id is far ahead of the real ones (a forged checkpoint
+// 2^40) must not make the task ignore every real barrier after it. One
+// publisher's barriers reach a task in order, so a lower id than the last
+// one is never a repeat of the same coordinator's.
+type barrierLog struct {
+	ids [16]uint64
+	n   int
+}
+
+// take records id and reports whether it was not taken before.
+func (l *barrierLog) take(id uint64) bool {
+	for i := 0; i < min(l.n, len(l.ids)); i++ {
+		if l.ids[i] == id {
+			return false
+		}
+	}
+	l.ids[l.n%len(l.ids)] = id
+	l.n++
+	return true
+}
+
 // control handles a checkpoint-plane message on the task goroutine.
 func (t *task) control(m subjects.Message) error {
 	switch m := m.(type) {
@@ -56,11 +79,10 @@ func (t *task) barrier(b *subjects.Barrier) error {
 	case b.Job != t.ref.Job || b.Epoch != t.epoch:
 		t.log.Debug("ignoring barrier of another epoch", "checkpoint", b.Checkpoint, "epoch", b.Epoch, "task_epoch", t.epoch)
 		return nil
-	case b.Checkpoint <= t.lastBarrier:
-		t.log.Debug("ignoring repeated barrier", "checkpoint", b.Checkpoint, "last", t.lastBarrier)
+	case !t.barriers.take(b.Checkpoint):
+		t.log.Debug("ignoring repeated barrier", "checkpoint", b.Checkpoint)
 		return nil
 	}
-	t.lastBarrier = b.Checkpoint
 	if err := t.markPosition(); err != nil {
 		return err
 	}

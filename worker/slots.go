@@ -12,8 +12,13 @@ import (
 //
 // The rules it enforces (see docs/DESIGN.md, "Control protocol"):
 //
-//   - A message carrying an epoch lower than the highest the worker has seen
-//     is refused with CodeStaleEpoch. Seeing a higher epoch fences: every
+//   - The worker learns epochs only from the answers to its registrations.
+//     A message carrying an epoch lower than the one it registered with is
+//     refused with CodeStaleEpoch; one carrying a higher epoch with
+//     CodeEpochAhead, and it changes nothing: a forged request with epoch
+//     2^40 must not make the worker refuse the real coordinator for good. A
+//     new coordinator answers the worker's next heartbeat with
+//     CodeUnknownWorker, and the registration that follows fences: every
 //     slot reserved or allocated under a lower epoch is freed and its task
 //     stopped (a new coordinator restarts every job from its checkpoints).
 //   - Allocations belong to the registration they were made under. A new
@@ -23,7 +28,7 @@ import (
 //   - A slot runs at most one attempt, and a task (job, index) runs at most
 //     one attempt on this worker: deploying a newer attempt stops the older.
 type slotTable struct {
-	epoch uint64 // highest coordinator epoch seen
+	epoch uint64 // coordinator epoch of the latest registration
 	gen   uint64 // registration generation: one per register request sent
 	slots []slot
 }
@@ -116,12 +121,15 @@ func (t *slotTable) registered(epoch, gen uint64) ([]subjects.TaskRef, error) {
 	return stop, nil
 }
 
-// checkEpoch refuses a message of a lower epoch and observes a higher one.
+// checkEpoch refuses a message of an epoch other than the registered one.
 func (t *slotTable) checkEpoch(what string, epoch uint64) ([]subjects.TaskRef, error) {
-	if epoch < t.epoch {
+	switch {
+	case epoch < t.epoch:
 		return nil, subjects.Errorf(subjects.CodeStaleEpoch, "%s of epoch %d: the worker knows epoch %d", what, epoch, t.epoch)
+	case epoch > t.epoch:
+		return nil, subjects.Errorf(subjects.CodeEpochAhead, "%s of epoch %d: the worker registered with epoch %d", what, epoch, t.epoch)
 	}
-	return t.observe(epoch), nil
+	return nil, nil
 }
 
 func (t *slotTable) byAlloc(alloc string) int {

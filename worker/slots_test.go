@@ -121,9 +121,17 @@ func TestSlotTableTrace(t *testing.T) {
 	s.deploy(2, "b1", "clicks", 0, 2<<20|1)
 	s.register(2)
 	s.slots()
-	// A slot request of a higher epoch than known fences at once.
+	// A message of a higher epoch than registered (a forged one, or a new
+	// coordinator's before the worker registered with it) changes nothing:
+	// the registered coordinator is still obeyed, and only a registration
+	// moves the epoch and fences.
 	s.slot(2, "b2", "clicks")
 	s.deploy(2, "b2", "clicks", 0, 2<<20|2)
+	s.slot(1<<40, "forged", "clicks")
+	s.cancel(1<<40, "clicks", 0, 2<<20|2, true)
+	s.slots()
+	s.slot(2, "b3", "clicks")
+	s.register(3)
 	s.slot(3, "c1", "clicks")
 	s.slots()
 	s.check(`
@@ -158,7 +166,12 @@ register epoch=2: ok stop=[clicks/0#2097153]
   slots 0:free 1:free
 slot b2 clicks epoch=2: ok slot=0 offer=true stop=[]
 deploy b2 clicks/0#2097154 epoch=2: ok dup=false stop=[]
-slot c1 clicks epoch=3: ok slot=0 offer=true stop=[clicks/0#2097154]
+slot forged clicks epoch=1099511627776: epoch_ahead slot=-1 offer=false stop=[]
+cancel clicks/0#2097154 release=true: epoch_ahead stop=[]
+  slots 0:allocated(b2 clicks e2 0#2097154 deploying) 1:free
+slot b3 clicks epoch=2: ok slot=1 offer=true stop=[]
+register epoch=3: ok stop=[clicks/0#2097154]
+slot c1 clicks epoch=3: ok slot=0 offer=true stop=[]
   slots 0:reserved(c1 clicks e3) 1:free
 `)
 }
@@ -188,5 +201,24 @@ func TestSlotReport(t *testing.T) {
 	}
 	if r := tbl.report()[0]; r.Allocation != "" {
 		t.Errorf("after cancel with release: %+v", r)
+	}
+}
+
+// TestBarrierLog: a repeated barrier is ignored, and a forged barrier with
+// an id far ahead does not make the task ignore the real ones after it.
+func TestBarrierLog(t *testing.T) {
+	var l barrierLog
+	var got []string
+	for _, id := range []uint64{1, 1, 2, 1 << 40, 3, 1 << 40, 4, 3} {
+		got = append(got, fmt.Sprintf("%d:%v", id, l.take(id)))
+	}
+	want := "1:true 1:false 2:true 1099511627776:true 3:true 1099511627776:false 4:true 3:false"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("barriers %s, want %s", strings.Join(got, " "), want)
+	}
+	for id := uint64(10); id < 40; id++ {
+		if !l.take(id) {
+			t.Fatalf("barrier %d refused", id)
+		}
 	}
 }

@@ -59,15 +59,15 @@ type task struct {
 	be   *statebackend.Backend
 
 	// ---
-	sink        *sink
-	batch       *statebackend.Batch
-	octx        Context
-	pending     []*nats.Msg // outputs and dead letters of the uncommitted batch
-	n           int         // events in the uncommitted batch
-	position    uint64      // stream sequence of the last input event handed to the batch
-	lastBarrier uint64
-	ckpts       map[uint64]*checkpoint
-	asyncWG     sync.WaitGroup
+	sink     *sink
+	batch    *statebackend.Batch
+	octx     Context
+	pending  []*nats.Msg // outputs and dead letters of the uncommitted batch
+	n        int         // events in the uncommitted batch
+	position uint64      // stream sequence of the last input event handed to the batch
+	barriers barrierLog  // barriers taken, so that a repeated one is ignored
+	ckpts    map[uint64]*checkpoint
+	asyncWG  sync.WaitGroup
 
 	// skipped counts the events this attempt skipped (bad()); heartbeats
 	// read it from other goroutines.

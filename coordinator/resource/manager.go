@@ -74,6 +74,27 @@ type worker struct {
 	operators map[string]bool
 	slots     []string // allocation id per slot, "" if free (as far as we know)
 	lastSeen  time.Time
+	// failures counts the worker's slot requests that failed or went
+	// unanswered in a row; no slot is requested from it before retryAt.
+	failures int
+	retryAt  time.Time
+}
+
+// Slot request backoff: a worker whose slot requests fail (it does not
+// answer, or answers with an error) is asked again only after
+// SlotBackoffInitial, doubling per failure in a row up to SlotBackoffMax,
+// and workers that answer are preferred. A registered worker that never
+// answers (a crashed one, or a forged registration) costs one request per
+// SlotBackoffMax instead of a busy loop.
+const (
+	SlotBackoffInitial = 100 * time.Millisecond
+	SlotBackoffMax     = 30 * time.Second
+)
+
+func (w *worker) failed(now time.Time) {
+	w.failures++
+	d := SlotBackoffInitial << min(w.failures-1, 16)
+	w.retryAt = now.Add(min(d, SlotBackoffMax))
 }
 
 type allocation struct {
@@ -183,12 +204,19 @@ func (m *Manager) SlotRequestAnswered(alloc string, slot int) {
 	}
 	a.Slot, a.confirmed = slot, true
 	w.slots[slot] = alloc
+	w.failures, w.retryAt = 0, time.Time{}
 	m.refreshFree(w)
 }
 
 // SlotRequestFailed voids an allocation whose request failed or was not
-// answered, so that the demand is requested again.
+// answered, so that the demand is requested again, and backs off from the
+// worker it was sent to.
 func (m *Manager) SlotRequestFailed(alloc string, now time.Time) []Action {
+	if a, ok := m.allocs[alloc]; ok {
+		if w := m.workers[a.Worker]; w != nil {
+			w.failed(now)
+		}
+	}
 	m.drop(alloc)
 	return m.schedule(now)
 }
@@ -225,6 +253,9 @@ func (m *Manager) Tick(now time.Time) []Action {
 	for _, id := range m.allocIDs() {
 		a := m.allocs[id]
 		if !a.confirmed && now.Sub(a.requested) > m.cfg.SlotRequestTimeout {
+			if w := m.workers[a.Worker]; w != nil {
+				w.failed(now)
+			}
 			m.drop(id)
 		}
 	}
@@ -309,7 +340,7 @@ func (m *Manager) schedule(now time.Time) []Action {
 			}
 		}
 		for ; have < d.slots; have++ {
-			w := m.pickWorker(job, d.operator)
+			w := m.pickWorker(job, d.operator, now)
 			if w == nil {
 				break // not enough slots: the job waits until workers join
 			}
@@ -323,12 +354,16 @@ func (m *Manager) schedule(now time.Time) []Action {
 	return acts
 }
 
-func (m *Manager) pickWorker(job, operator string) *worker {
+// pickWorker picks the worker of the next slot of job: one with a free slot
+// and the operator, not backing off; a worker whose last slot request
+// succeeded before one whose requests failed; then the one holding the
+// fewest of the job's slots; then the one with the most free slots.
+func (m *Manager) pickWorker(job, operator string, now time.Time) *worker {
 	var best *worker
 	bestJobSlots := 0
 	for _, id := range m.workerIDs() {
 		w := m.workers[id]
-		if w.info.FreeSlots == 0 || (operator != "" && len(w.operators) > 0 && !w.operators[operator]) {
+		if w.info.FreeSlots == 0 || (operator != "" && len(w.operators) > 0 && !w.operators[operator]) || now.Before(w.retryAt) {
 			continue
 		}
 		n := 0
@@ -337,7 +372,12 @@ func (m *Manager) pickWorker(job, operator string) *worker {
 				n++
 			}
 		}
-		if best == nil || n < bestJobSlots || (n == bestJobSlots && w.info.FreeSlots > best.info.FreeSlots) {
+		better := best == nil
+		if !better {
+			wf, bf := w.failures > 0, best.failures > 0
+			better = (!wf && bf) || (wf == bf && (n < bestJobSlots || (n == bestJobSlots && w.info.FreeSlots > best.info.FreeSlots)))
+		}
+		if better {
 			best, bestJobSlots = w, n
 		}
 	}
