@@ -227,6 +227,17 @@ func (b *Backend) stateKey(dst []byte, ns byte, state string, userKey []byte) ([
 	return appendStateKey(dst[:0], g, ns, state, userKey), nil
 }
 
+// groupStateKey is stateKey for a key the caller knows to be in group g.
+func (b *Backend) groupStateKey(dst []byte, g int, ns byte, state string, userKey []byte) ([]byte, error) {
+	if err := checkStateName(state); err != nil {
+		return dst, err
+	}
+	if !b.opts.KeyGroups.Contains(g) {
+		return dst, fmt.Errorf("%w: group %d, backend owns %v", ErrNotOwned, g, b.opts.KeyGroups)
+	}
+	return appendStateKey(dst[:0], g, ns, state, userKey), nil
+}
+
 // get reads k from committed state into a fresh slice.
 func (b *Backend) get(k []byte) ([]byte, error) {
 	if b.closed.Load() {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"maps"
 	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -29,9 +28,12 @@ type Batch struct {
 	pb   *pebble.Batch
 	kbuf []byte
 
-	// applied holds the SetApplied marks; Commit writes each group's mark
-	// once, however many events of the group the batch holds.
-	applied map[int]uint64
+	// applied holds the SetApplied marks by group - KeyGroups.Start (0:
+	// none) and touched the groups set, in first-set order; Commit writes
+	// each group's mark once, however many events of the group the batch
+	// holds.
+	applied []uint64
+	touched []int
 
 	// idx maps Pebble keys to their pending operations; it covers the first
 	// idxOff bytes of pb.Repr().
@@ -126,16 +128,22 @@ func (bt *Batch) SetApplied(g int, seq uint64) error {
 		return fmt.Errorf("%w: group %d, backend owns %v", ErrNotOwned, g, bt.b.opts.KeyGroups)
 	}
 	if bt.applied == nil {
-		bt.applied = make(map[int]uint64)
+		bt.applied = make([]uint64, bt.b.opts.KeyGroups.Len())
 	}
-	bt.applied[g] = seq
+	i := g - bt.b.opts.KeyGroups.Start
+	if bt.applied[i] == 0 {
+		bt.touched = append(bt.touched, g)
+	}
+	bt.applied[i] = seq
 	return nil
 }
 
 // Applied is Backend.Applied seen through the batch.
 func (bt *Batch) Applied(g int) uint64 {
-	if seq, ok := bt.applied[g]; ok {
-		return seq
+	if bt.b.opts.KeyGroups.Contains(g) && bt.applied != nil {
+		if seq := bt.applied[g-bt.b.opts.KeyGroups.Start]; seq != 0 {
+			return seq
+		}
 	}
 	return bt.b.Applied(g)
 }
@@ -197,6 +205,10 @@ func (bt *Batch) Get(state string, userKey []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return bt.get(k)
+}
+
+func (bt *Batch) get(k []byte) ([]byte, error) {
 	p, err := bt.lookup(k)
 	if err != nil {
 		return nil, err
@@ -219,6 +231,10 @@ func (bt *Batch) Int64(state string, userKey []byte) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return bt.int64(k)
+}
+
+func (bt *Batch) int64(k []byte) (int64, error) {
 	p, err := bt.lookup(k)
 	if err != nil {
 		return 0, err
@@ -252,9 +268,11 @@ func (bt *Batch) Commit() error {
 	if bt.b.closed.Load() {
 		return ErrClosed
 	}
-	groups := slices.Sorted(maps.Keys(bt.applied))
+	start := bt.b.opts.KeyGroups.Start
+	slices.Sort(bt.touched)
+	groups := bt.touched
 	for _, g := range groups {
-		if err := bt.pb.Set(appliedKey(g), encodeSeq(bt.applied[g]), nil); err != nil {
+		if err := bt.pb.Set(appliedKey(g), encodeSeq(bt.applied[g-start]), nil); err != nil {
 			bt.reset()
 			return err
 		}
@@ -265,9 +283,8 @@ func (bt *Batch) Commit() error {
 	bt.b.commitMu.RLock()
 	err := bt.b.db.Apply(bt.pb, pebble.NoSync)
 	if err == nil {
-		start := bt.b.opts.KeyGroups.Start
 		for _, g := range groups {
-			bt.b.applied[g-start].Store(bt.applied[g])
+			bt.b.applied[g-start].Store(bt.applied[g-start])
 		}
 	}
 	bt.b.commitMu.RUnlock()
@@ -281,6 +298,7 @@ func (bt *Batch) Commit() error {
 func (bt *Batch) reset() {
 	bt.pb.Reset()
 	clear(bt.applied)
+	bt.touched = bt.touched[:0]
 	clear(bt.idx)
 	bt.idxOff = 0
 	bt.slab = bt.slab[:0]
@@ -289,4 +307,65 @@ func (bt *Batch) reset() {
 // Close discards uncommitted writes and releases the batch.
 func (bt *Batch) Close() error {
 	return bt.pb.Close()
+}
+
+// Group-scoped access. A task decodes each event's key group once, where the
+// event enters; the methods below take that group instead of hashing the
+// user key again on every state access. The caller guarantees that g is the
+// key group of userKey (keygroup.Of): a key filed under another group would
+// be invisible to reads by key and refused by canonical savepoint restores.
+// g must be owned by the backend (ErrNotOwned otherwise).
+
+// groupKey builds the Pebble key of (ns, state, userKey) in group g.
+func (bt *Batch) groupKey(g int, ns byte, state string, userKey []byte) ([]byte, error) {
+	k, err := bt.b.groupStateKey(bt.kbuf, g, ns, state, userKey)
+	bt.kbuf = k
+	return k, err
+}
+
+// PutIn is Put for a key of group g.
+func (bt *Batch) PutIn(g int, state string, userKey, value []byte) error {
+	k, err := bt.groupKey(g, nsValue, state, userKey)
+	if err != nil {
+		return err
+	}
+	return bt.pb.Set(k, value, nil)
+}
+
+// DeleteIn is Delete for a key of group g.
+func (bt *Batch) DeleteIn(g int, state string, userKey []byte) error {
+	k, err := bt.groupKey(g, nsValue, state, userKey)
+	if err != nil {
+		return err
+	}
+	return bt.pb.Delete(k, nil)
+}
+
+// AddIn is Add for a key of group g.
+func (bt *Batch) AddIn(g int, state string, userKey []byte, delta int64) error {
+	k, err := bt.groupKey(g, nsCounter, state, userKey)
+	if err != nil {
+		return err
+	}
+	var v [8]byte
+	binary.LittleEndian.PutUint64(v[:], uint64(delta))
+	return bt.pb.Merge(k, v[:], nil)
+}
+
+// Int64In is Int64 for a key of group g.
+func (bt *Batch) Int64In(g int, state string, userKey []byte) (int64, error) {
+	k, err := bt.groupKey(g, nsCounter, state, userKey)
+	if err != nil {
+		return 0, err
+	}
+	return bt.int64(k)
+}
+
+// GetIn is Get for a key of group g.
+func (bt *Batch) GetIn(g int, state string, userKey []byte) ([]byte, error) {
+	k, err := bt.groupKey(g, nsValue, state, userKey)
+	if err != nil {
+		return nil, err
+	}
+	return bt.get(k)
 }

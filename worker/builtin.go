@@ -63,17 +63,33 @@ func (countOp) Process(ctx *Context, ev Event) error {
 		return err
 	}
 	if found {
-		if n, err = strconv.ParseInt(string(v), 10, 64); err != nil {
-			return fmt.Errorf("count: stored value %q: %w", v, err)
+		var ok bool
+		if n, ok = parseCount(v); !ok {
+			return fmt.Errorf("count: stored value %q is not a count", v)
 		}
 	}
 	n++
-	b := strconv.AppendInt(nil, n, 10)
-	if err := ctx.Put(ValueState, b); err != nil {
+	ctx.scratch = strconv.AppendInt(ctx.scratch[:0], n, 10)
+	if err := ctx.Put(ValueState, ctx.scratch); err != nil {
 		return err
 	}
-	ctx.Emit(result(ev.Key, b))
+	ctx.emitResult(ctx.scratch)
 	return nil
+}
+
+// parseCount parses a non-negative decimal int64 without allocating.
+func parseCount(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, n >= 0
 }
 
 type sumOp struct{ path []string }
@@ -147,18 +163,21 @@ func (o sumOp) Process(ctx *Context, ev Event) error {
 	if err := ctx.Put(ValueState, b); err != nil {
 		return err
 	}
-	ctx.Emit(result(ev.Key, b))
+	ctx.emitResult(b)
 	return nil
 }
 
 type latestOp struct{}
 
 func (latestOp) Process(ctx *Context, ev Event) error {
-	v := asJSON(ev.Data)
+	v := ev.Data // Put and emitResult copy it
+	if !json.Valid(v) {
+		v = asJSON(v)
+	}
 	if err := ctx.Put(ValueState, v); err != nil {
 		return err
 	}
-	ctx.Emit(result(ev.Key, v))
+	ctx.emitResult(v)
 	return nil
 }
 
@@ -172,7 +191,7 @@ func (dedupeOp) Process(ctx *Context, ev Event) error {
 	if err := ctx.Put(ValueState, asJSON(ev.Data)); err != nil {
 		return err
 	}
-	ctx.Emit(bytes.Clone(ev.Data))
+	ctx.Emit(ev.Data)
 	return nil
 }
 
@@ -240,7 +259,7 @@ func (o windowOp) Process(ctx *Context, ev Event) error {
 	}
 	if !found || start.After(w.Start) {
 		if found {
-			ctx.Emit(result(ev.Key, v))
+			ctx.emitResult(v)
 		}
 		w = windowState{Start: start, End: start.Add(o.size)}
 	}

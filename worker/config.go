@@ -43,12 +43,19 @@ type Config struct {
 	// RequestTimeout bounds each request to the coordinator (registration,
 	// slot offers); zero means 5 s. Heartbeats wait at most one interval.
 	RequestTimeout time.Duration
-	// BatchSize is how many events a task applies per state commit; zero
-	// means 512.
+	// BatchSize is how many events a task applies in one round before it
+	// publishes their outputs and looks at checkpoint messages; zero means
+	// 512.
 	BatchSize int
-	// FlushInterval is how long a task lets a partial batch wait for more
-	// events before committing it; zero means 5 ms.
+	// FlushInterval is how long a task lets state changes wait in its
+	// write-back cache before committing them to Pebble; state queries see
+	// committed state, so they lag by up to this. Zero means 100 ms.
 	FlushInterval time.Duration
+	// StateCacheEntries and StateCacheBytes bound a task's write-back state
+	// cache; a task whose cache exceeds either commits at once and empties
+	// it. Zero means DefaultStateCacheEntries and DefaultStateCacheBytes.
+	StateCacheEntries int
+	StateCacheBytes   int
 	// MaxPendingOutputs bounds each task's outputs published but not yet
 	// confirmed by JetStream; zero means 1024.
 	MaxPendingOutputs int
@@ -70,7 +77,7 @@ type Config struct {
 const (
 	DefaultRequestTimeout    = 5 * time.Second
 	DefaultBatchSize         = 512
-	DefaultFlushInterval     = 5 * time.Millisecond
+	DefaultFlushInterval     = 100 * time.Millisecond
 	DefaultMaxPendingOutputs = 1024
 	DefaultFilterBelowShare  = 1.0 / 8
 
@@ -113,6 +120,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.StateCacheEntries <= 0 {
+		c.StateCacheEntries = DefaultStateCacheEntries
+	}
+	if c.StateCacheBytes <= 0 {
+		c.StateCacheBytes = DefaultStateCacheBytes
 	}
 	if c.FilterBelowShare <= 0 {
 		c.FilterBelowShare = DefaultFilterBelowShare

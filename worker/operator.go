@@ -1,13 +1,13 @@
 package worker
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"time"
 
-	"github.com/flotilla-io/flotilla/statebackend"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
@@ -62,7 +62,8 @@ const ValueState = "value"
 
 // KeyedState is what a Context reads and writes: the state of a task as a
 // statebackend.Batch exposes it (reads see the batch's own writes). Reads of
-// a missing value return statebackend.ErrNotFound.
+// a missing value return statebackend.ErrNotFound. NewContext takes one, to
+// test an operator without a task.
 type KeyedState interface {
 	Get(state string, key []byte) ([]byte, error)
 	Put(state string, key, value []byte) error
@@ -73,67 +74,122 @@ type KeyedState interface {
 
 // Context gives an operator the state of the current event's key and
 // collects its outputs. It is valid only during Process.
+//
+// State is addressed by the key group the task decoded from the event once;
+// reads and writes of value states hit the task's write-back cache (see
+// DESIGN.md, "The per-event path"), so they cost no Pebble access for a key
+// already in it.
 type Context struct {
-	st    KeyedState
-	key   []byte
+	st    keyedStore
+	key   string
+	kb    []byte // key as bytes, reused
+	group int
+	out   *outputs // nil: emits collects copies (NewContext)
 	emits [][]byte
+	first int // out.recs index of this event's first output
+	nEmit int
+
+	// The event the outputs belong to, for their message ids.
+	seq uint64
+
+	scratch []byte // for built-in operators
 }
 
 // NewContext returns a Context over st for key, for testing operators
 // without a task.
 func NewContext(st KeyedState, key string) *Context {
-	return &Context{st: st, key: []byte(key)}
+	c := &Context{st: storeAdapter{st}}
+	c.reset(key, 0, 0)
+	return c
 }
 
-// reset points the context at a new event's key and clears its outputs.
-func (c *Context) reset(key []byte) {
-	c.key = key
+// reset points the context at a new event and clears its outputs.
+func (c *Context) reset(key string, group int, seq uint64) {
+	c.key, c.group, c.seq = key, group, seq
+	c.kb = append(c.kb[:0], key...)
 	c.emits = c.emits[:0]
+	c.nEmit = 0
+	if c.out != nil {
+		c.first = len(c.out.recs)
+	}
 }
 
 // Key returns the current key.
-func (c *Context) Key() string { return string(c.key) }
+func (c *Context) Key() string { return c.key }
 
 // Get returns the current key's value in value state `state`; found is false
-// if it has none. The caller owns the returned slice.
+// if it has none. The returned slice is valid until the next call on the
+// Context that reads or writes state; copy it to keep it.
 func (c *Context) Get(state string) (value []byte, found bool, err error) {
-	v, err := c.st.Get(state, c.key)
-	if errors.Is(err, statebackend.ErrNotFound) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	return v, true, nil
+	return c.st.get(c.group, state, c.kb)
 }
 
-// Put sets the current key's value in value state `state`.
-func (c *Context) Put(state string, value []byte) error { return c.st.Put(state, c.key, value) }
+// Put sets the current key's value in value state `state`. The Context
+// copies value.
+func (c *Context) Put(state string, value []byte) error {
+	return c.st.put(c.group, state, c.kb, value)
+}
 
 // Delete removes the current key's value from value state `state`.
-func (c *Context) Delete(state string) error { return c.st.Delete(state, c.key) }
+func (c *Context) Delete(state string) error { return c.st.del(c.group, state, c.kb) }
 
 // AddInt64 adds delta to the current key's counter in counter state `state`
 // and returns the new value. Counters live apart from value states of the
 // same name; a counter never written is 0.
 func (c *Context) AddInt64(state string, delta int64) (int64, error) {
-	if err := c.st.Add(state, c.key, delta); err != nil {
+	if err := c.st.add(c.group, state, c.kb, delta); err != nil {
 		return 0, err
 	}
-	return c.st.Int64(state, c.key)
+	return c.st.int64(c.group, state, c.kb)
 }
 
 // Int64 returns the current key's counter in counter state `state`.
-func (c *Context) Int64(state string) (int64, error) { return c.st.Int64(state, c.key) }
+func (c *Context) Int64(state string) (int64, error) { return c.st.int64(c.group, state, c.kb) }
 
-// Emit publishes value to the job's sink once the event's state change is
-// committed. Outputs of one event are numbered in Emit order, which is part
-// of their message ids. The context keeps value; the caller must not modify
-// it afterwards.
-func (c *Context) Emit(value []byte) { c.emits = append(c.emits, value) }
+// Emit publishes value to the job's sink. Outputs of one event are numbered
+// in Emit order, which is part of their message ids. The Context copies
+// value.
+func (c *Context) Emit(value []byte) {
+	if c.out == nil {
+		c.emits = append(c.emits, bytes.Clone(value))
+		c.nEmit++
+		return
+	}
+	c.out.add(c.group, c.seq, c.nEmit, value)
+	c.nEmit++
+}
 
-// Emitted returns the outputs emitted so far, for tests of operators.
-func (c *Context) Emitted() [][]byte { return c.emits }
+// emitResult emits {"key": <key>, "value": <v>} (v is JSON), building it in
+// the output buffer.
+func (c *Context) emitResult(v []byte) {
+	if c.out == nil {
+		c.Emit(result(c.key, v))
+		return
+	}
+	c.out.addResult(c.group, c.seq, c.nEmit, c.key, v)
+	c.nEmit++
+}
+
+// dropEmitted discards this event's outputs (a skipped event).
+func (c *Context) dropEmitted() {
+	c.emits = c.emits[:0]
+	c.nEmit = 0
+	if c.out != nil {
+		c.out.truncate(c.first)
+	}
+}
+
+// Emitted returns the outputs emitted so far for the current event.
+func (c *Context) Emitted() [][]byte {
+	if c.out == nil {
+		return c.emits
+	}
+	var out [][]byte
+	for _, r := range c.out.recs[c.first:] {
+		out = append(out, c.out.data(r))
+	}
+	return out
+}
 
 var registry = struct {
 	sync.RWMutex

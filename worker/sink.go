@@ -1,7 +1,9 @@
 package worker
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -266,4 +268,89 @@ func (s *sink) close() {
 	if s.futures != nil {
 		close(s.futures)
 	}
+}
+
+// outputs collects a task's outputs between two publishing rounds in one
+// reused buffer, with the key group, event sequence and index that make up
+// each one's message id: building an output costs no allocation. Owned by
+// the task goroutine.
+type outputs struct {
+	buf  []byte
+	recs []outRec
+}
+
+type outRec struct {
+	group    int
+	seq      uint64
+	n        int
+	off, end int
+}
+
+func (o *outputs) add(g int, seq uint64, n int, v []byte) {
+	off := len(o.buf)
+	o.buf = append(o.buf, v...)
+	o.recs = append(o.recs, outRec{group: g, seq: seq, n: n, off: off, end: len(o.buf)})
+}
+
+// addResult adds {"key": key, "value": v}, v being JSON.
+func (o *outputs) addResult(g int, seq uint64, n int, key string, v []byte) {
+	off := len(o.buf)
+	o.buf = append(o.buf, `{"key":`...)
+	o.buf = appendJSONString(o.buf, key)
+	o.buf = append(o.buf, `,"value":`...)
+	o.buf = append(o.buf, v...)
+	o.buf = append(o.buf, '}')
+	o.recs = append(o.recs, outRec{group: g, seq: seq, n: n, off: off, end: len(o.buf)})
+}
+
+// truncate drops the outputs from index i on.
+func (o *outputs) truncate(i int) {
+	if i < len(o.recs) {
+		o.buf = o.buf[:o.recs[i].off]
+		o.recs = o.recs[:i]
+	}
+}
+
+func (o *outputs) data(r outRec) []byte { return o.buf[r.off:r.end:r.end] }
+
+func (o *outputs) reset() {
+	o.buf = o.buf[:0]
+	o.recs = o.recs[:0]
+}
+
+// publishAll hands every collected output to the sink, under subject with
+// the ids of job, and empties o. The sink keeps the messages until they are
+// confirmed, so their bodies are slices of one copy of the buffer made per
+// round, not of the reused buffer.
+func (o *outputs) publishAll(ctx context.Context, s *sink, subject, job string) error {
+	if len(o.recs) == 0 {
+		return nil
+	}
+	if _, ok := s.stored[subject]; !ok {
+		o.reset()
+		return nil
+	}
+	bodies := bytes.Clone(o.buf)
+	for _, r := range o.recs {
+		m := &nats.Msg{Subject: subject, Data: bodies[r.off:r.end:r.end],
+			Header: nats.Header{nats.MsgIdHdr: []string{subjects.OutputMsgID(job, r.group, r.seq, r.n)}}}
+		if err := s.publish(ctx, m); err != nil {
+			return err
+		}
+	}
+	o.reset()
+	return nil
+}
+
+// appendJSONString appends s as a JSON string, as encoding/json writes it.
+func appendJSONString(dst []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			b, _ := json.Marshal(s) // rare: let encoding/json escape it
+			return append(dst, b...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }

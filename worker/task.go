@@ -61,9 +61,11 @@ type task struct {
 	// ---
 	sink     *sink
 	batch    *statebackend.Batch
+	cache    *stateCache
 	octx     Context
-	pending  []*nats.Msg // outputs and dead letters of the uncommitted batch
-	n        int         // events in the uncommitted batch
+	outs     outputs     // outputs not yet handed to the sink
+	pending  []*nats.Msg // dead letters not yet handed to the sink
+	n        int         // events applied since the last commit
 	position uint64      // stream sequence of the last input event handed to the batch
 	barriers barrierLog  // barriers taken, so that a repeated one is ignored
 	ckpts    map[uint64]*checkpoint
@@ -174,7 +176,9 @@ func (t *task) execute() (err error) {
 
 	t.batch = t.be.NewBatch()
 	defer func() { _ = t.batch.Close() }()
-	t.octx.st = newValueCache(t.batch, DefaultValueCacheEntries)
+	t.cache = newStateCache(t.batch, t.w.cfg.StateCacheEntries, t.w.cfg.StateCacheBytes)
+	t.octx.st = t.cache
+	t.octx.out = &t.outs
 
 	t.w.taskStateChanged(t, subjects.TaskRunning, nil)
 	t.log.Info("task running", "range", t.rng.String(), "restored", len(t.restore) > 0)
@@ -336,7 +340,7 @@ func (t *task) startSeq() uint64 {
 // message it handed over. Messages handed over are in the task's memory
 // (the channel, then the batch), so nothing is skipped; and whatever is
 // delivered twice (after a restore) is skipped by the applied marks.
-func (t *task) consume() (<-chan jetstream.Msg, <-chan error, func(), error) {
+func (t *task) consume() (<-chan inputEvent, <-chan error, func(), error) {
 	js, err := jetstream.New(t.w.nc)
 	if err != nil {
 		return nil, nil, nil, subjects.Errorf(subjects.CodeInternal, "jetstream: %v", err)
@@ -382,7 +386,7 @@ func (t *task) consume() (<-chan jetstream.Msg, <-chan error, func(), error) {
 		}
 		return nil, nil, nil, subjects.Errorf(subjects.CodeStorageUnavailable, "consume stream %q: %v", stream, err)
 	}
-	msgs := make(chan jetstream.Msg, t.w.cfg.BatchSize)
+	msgs := make(chan inputEvent, t.w.cfg.BatchSize)
 	errc := make(chan error, 1)
 	readerDone := make(chan struct{})
 	rctx, rcancel := context.WithCancel(t.ctx)
@@ -397,7 +401,7 @@ func (t *task) consume() (<-chan jetstream.Msg, <-chan error, func(), error) {
 				return
 			}
 			select {
-			case msgs <- m:
+			case msgs <- t.decode(m):
 			case <-rctx.Done():
 				return
 			}
@@ -416,9 +420,56 @@ func (t *task) consume() (<-chan jetstream.Msg, <-chan error, func(), error) {
 	return msgs, errc, stop, nil
 }
 
-// loop applies input events in batches and serves checkpoint messages
-// between batches, until the task is stopped or fails.
-func (t *task) loop(msgs <-chan jetstream.Msg, inputErr <-chan error) error {
+// inputEvent is one input event, decoded once where it enters the task (on
+// the reader goroutine): everything the apply path needs, so that nothing
+// is parsed or hashed twice.
+type inputEvent struct {
+	key     string // the key token: a substring of subject, not a copy
+	subject string // the subject the producer published to
+	group   int
+	seq     uint64 // stream sequence
+	time    time.Time
+	data    []byte
+	// err is why the event is unusable (a malformed subject, no key, a
+	// key filed under the wrong group); what says what was wrong. An
+	// event without a group has group -1.
+	err  error
+	what string
+}
+
+// decode decodes m. It runs on the reader goroutine.
+func (t *task) decode(m jetstream.Msg) inputEvent {
+	ev := inputEvent{subject: m.Subject(), data: m.Data(), group: -1}
+	meta, err := m.Metadata()
+	if err != nil {
+		ev.err, ev.what = err, "event without JetStream metadata"
+		return ev
+	}
+	ev.seq, ev.time = meta.Sequence.Stream, meta.Timestamp
+	g, orig, err := subjects.ParseKeyedSubject(ev.subject)
+	if err != nil {
+		ev.err, ev.what = err, "event with a malformed subject"
+		return ev
+	}
+	ev.group, ev.subject = g, orig
+	ev.key, err = subjects.KeyToken(orig, t.spec.Source.Key.SubjectToken)
+	if err == nil {
+		if kg := keygroup.Of([]byte(ev.key), t.m); kg != g {
+			err = fmt.Errorf("key %q is in key group %d, the stream filed it under %d", ev.key, kg, g)
+		}
+	}
+	if err != nil {
+		ev.err, ev.what = err, "event without a usable key"
+	}
+	return ev
+}
+
+// loop applies input events in rounds of up to BatchSize and, between
+// rounds, publishes their outputs and serves checkpoint messages, until the
+// task is stopped or fails. State changes wait in the write-back cache and
+// are committed (with the applied marks) every FlushInterval, when the cache
+// is full, and at every barrier.
+func (t *task) loop(msgs <-chan inputEvent, inputErr <-chan error) error {
 	flush := time.NewTimer(time.Hour)
 	flush.Stop()
 	armed := false
@@ -430,30 +481,34 @@ func (t *task) loop(msgs <-chan jetstream.Msg, inputErr <-chan error) error {
 			return subjects.Errorf(subjects.CodeStorageUnavailable, "input stream %q: %v", t.spec.Source.Stream, err)
 		case <-t.sink.failed:
 			return t.sink.err()
-		case m := <-msgs:
-			if err := t.apply(m); err != nil {
+		case ev := <-msgs:
+			if err := t.apply(&ev); err != nil {
 				return err
 			}
 		more:
-			for t.n < t.w.cfg.BatchSize {
+			for range t.w.cfg.BatchSize - 1 {
 				select {
-				case m := <-msgs:
-					if err := t.apply(m); err != nil {
+				case ev := <-msgs:
+					if err := t.apply(&ev); err != nil {
 						return err
 					}
 				default:
 					break more
 				}
 			}
-			if t.n >= t.w.cfg.BatchSize {
+			if t.cache.full() {
 				if err := t.commit(); err != nil {
 					return err
 				}
-			} else if !armed {
+				continue
+			}
+			if err := t.publishOutputs(); err != nil {
+				return err
+			}
+			if !armed && t.n > 0 {
 				flush.Reset(t.w.cfg.FlushInterval)
 				armed = true
 			}
-			continue
 		case <-flush.C:
 			armed = false
 			if err := t.commit(); err != nil {
@@ -467,50 +522,35 @@ func (t *task) loop(msgs <-chan jetstream.Msg, inputErr <-chan error) error {
 	}
 }
 
-// apply applies one input event to the batch.
-func (t *task) apply(m jetstream.Msg) error {
-	meta, err := m.Metadata()
-	if err != nil {
-		return subjects.Errorf(subjects.CodeInternal, "input message without JetStream metadata: %v", err)
-	}
-	seq := meta.Sequence.Stream
-	t.position = max(t.position, seq)
-	g, orig, err := subjects.ParseKeyedSubject(m.Subject())
-	if err != nil {
-		t.bad("event with a malformed subject", m.Subject(), -1, seq, m.Data(), err)
+// apply applies one input event: its state changes go to the cache, its
+// outputs to t.outs and its group's applied mark to the batch.
+func (t *task) apply(ev *inputEvent) error {
+	t.position = max(t.position, ev.seq)
+	if ev.group < 0 {
+		t.bad(ev.what, ev.subject, -1, ev.seq, ev.data, ev.err)
 		return nil
 	}
-	if !t.rng.Contains(g) {
+	if !t.rng.Contains(ev.group) {
 		return nil // another task's (an unfiltered read; Config.FilterBelowShare)
 	}
-	if seq <= t.batch.Applied(g) {
+	if ev.seq <= t.batch.Applied(ev.group) {
 		return nil // applied before: a replay after a restore or a consumer reset
 	}
 	t.n++
-	key, err := subjects.KeyToken(orig, t.spec.Source.Key.SubjectToken)
-	if err == nil {
-		if kg := keygroup.Of([]byte(key), t.m); kg != g {
-			err = fmt.Errorf("key %q is in key group %d, the stream filed it under %d", key, kg, g)
-		}
+	if ev.err != nil {
+		t.bad(ev.what, ev.subject, ev.group, ev.seq, ev.data, ev.err)
+		return t.setApplied(ev.group, ev.seq)
 	}
+	t.octx.reset(ev.key, ev.group, ev.seq)
+	err := t.op.Process(&t.octx, Event{Key: ev.key, Subject: ev.subject, Data: ev.data, Time: ev.time, Group: ev.group, Seq: ev.seq})
 	if err != nil {
-		t.bad("event without a usable key", orig, g, seq, m.Data(), err)
-		return t.setApplied(g, seq)
-	}
-	t.octx.reset([]byte(key))
-	ev := Event{Key: key, Subject: orig, Data: m.Data(), Time: meta.Timestamp, Group: g, Seq: seq}
-	if err := t.op.Process(&t.octx, ev); err != nil {
+		t.octx.dropEmitted()
 		if !errors.Is(err, ErrBadEvent) {
-			return subjects.Errorf(subjects.CodeInternal, "operator %s at stream sequence %d: %v", t.spec.Operator.Type, seq, err)
+			return subjects.Errorf(subjects.CodeInternal, "operator %s at stream sequence %d: %v", t.spec.Operator.Type, ev.seq, err)
 		}
-		t.bad("event the operator cannot use", orig, g, seq, m.Data(), err)
-		return t.setApplied(g, seq)
+		t.bad("event the operator cannot use", ev.subject, ev.group, ev.seq, ev.data, err)
 	}
-	for i, out := range t.octx.emits {
-		t.pending = append(t.pending, &nats.Msg{Subject: t.spec.Sink.Subject, Data: out,
-			Header: nats.Header{nats.MsgIdHdr: []string{subjects.OutputMsgID(t.ref.Job, g, seq, i)}}})
-	}
-	return t.setApplied(g, seq)
+	return t.setApplied(ev.group, ev.seq)
 }
 
 func (t *task) setApplied(g int, seq uint64) error {
@@ -558,11 +598,17 @@ func (t *task) markPosition() error {
 	return nil
 }
 
-// commit commits the batch, then publishes its outputs: an output is never
-// published before the state change it reports is committed.
-func (t *task) commit() error {
-	if err := t.batch.Commit(); err != nil {
-		return subjects.Errorf(subjects.CodeInternal, "commit state: %v", err)
+// publishOutputs hands the outputs and dead letters collected so far to the sink.
+//
+// Outputs may be published before the state change they report is
+// committed to Pebble: the task's Pebble state is never what a later attempt
+// starts from (a failed task's next attempt restores from a checkpoint and
+// replays the events after it, publishing their outputs again under the
+// same ids), and a checkpoint waits until every output published before its
+// barrier is confirmed.
+func (t *task) publishOutputs() error {
+	if err := t.outs.publishAll(t.ctx, t.sink, t.spec.Sink.Subject, t.ref.Job); err != nil {
+		return err
 	}
 	for i, m := range t.pending {
 		if err := t.sink.publish(t.ctx, m); err != nil {
@@ -571,6 +617,21 @@ func (t *task) commit() error {
 		t.pending[i] = nil
 	}
 	t.pending = t.pending[:0]
-	t.n = 0
 	return nil
+}
+
+// commit flushes the state cache into the batch and commits it with the
+// groups' applied marks, atomically, then publishes the outputs collected
+// since the last round.
+func (t *task) commit() error {
+	if err := t.cache.flush(); err != nil {
+		return subjects.Errorf(subjects.CodeInternal, "flush state: %v", err)
+	}
+	if err := t.batch.Commit(); err != nil {
+		t.cache.reset()
+		return subjects.Errorf(subjects.CodeInternal, "commit state: %v", err)
+	}
+	t.cache.committed()
+	t.n = 0
+	return t.publishOutputs()
 }
