@@ -298,6 +298,26 @@ func (f *FS) Stat(ctx context.Context, key string) (ObjectInfo, error) {
 	return ObjectInfo{Key: key, Size: fi.Size(), ModTime: fi.ModTime()}, nil
 }
 
+// Copy implements Store: a Put of src's bytes.
+func (f *FS) Copy(ctx context.Context, src, dst string) error {
+	if _, err := f.path(dst); err != nil {
+		return err
+	}
+	rc, err := f.Get(ctx, src, 0, -1)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if src == dst {
+		return nil
+	}
+	fi, err := rc.(*fileReader).file.Stat() // of the file Get opened
+	if err != nil {
+		return fmt.Errorf("objectstore: fs copy %q: %w", src, err)
+	}
+	return f.put(ctx, dst, rc, fi.Size(), false)
+}
+
 // List implements Store. It walks only the directory that prefix determines
 // (everything up to its last slash).
 func (f *FS) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {

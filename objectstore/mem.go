@@ -115,6 +115,26 @@ func (m *Mem) Stat(ctx context.Context, key string) (ObjectInfo, error) {
 	return ObjectInfo{Key: key, Size: int64(len(o.data)), ModTime: o.modTime}, nil
 }
 
+// Copy implements Store.
+func (m *Mem) Copy(ctx context.Context, src, dst string) error {
+	if err := ValidateKey(src); err != nil {
+		return err
+	}
+	if err := ValidateKey(dst); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	o, ok := m.objects[src]
+	if !ok {
+		return fmt.Errorf("%w: %q", ErrNotFound, src)
+	}
+	if src != dst {
+		m.objects[dst] = memObject{data: o.data, modTime: time.Now()}
+	}
+	return nil
+}
+
 // List implements Store.
 func (m *Mem) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
 	m.mu.Lock()

@@ -442,6 +442,28 @@ func (s *S3) Stat(ctx context.Context, key string) (ObjectInfo, error) {
 	return ObjectInfo{Key: key, Size: oi.Size, ModTime: oi.LastModified}, nil
 }
 
+// Copy implements Store with a server-side copy (CopyObject).
+func (s *S3) Copy(ctx context.Context, src, dst string) error {
+	if err := ValidateKey(src); err != nil {
+		return err
+	}
+	if err := ValidateKey(dst); err != nil {
+		return err
+	}
+	if src == dst {
+		// S3 refuses to copy an object onto itself unchanged.
+		_, err := s.Stat(ctx, src)
+		return err
+	}
+	_, err := s.client.CopyObject(ctx,
+		minio.CopyDestOptions{Bucket: s.bucket, Object: s.prefix + dst},
+		minio.CopySrcOptions{Bucket: s.bucket, Object: s.prefix + src})
+	if err != nil {
+		return s.error("copy", src, err)
+	}
+	return nil
+}
+
 // List implements Store.
 func (s *S3) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
 	if !prefixCanMatch(prefix) {

@@ -37,6 +37,12 @@ type Store interface {
 	Stat(ctx context.Context, key string) (ObjectInfo, error)
 	// List returns every object whose key starts with prefix, sorted by key.
 	List(ctx context.Context, prefix string) ([]ObjectInfo, error)
+	// Copy writes a copy of object src as dst, replacing any existing dst,
+	// with Put's visibility rules. A missing src is ErrNotFound, and dst is
+	// then untouched; src == dst is a no-op for an existing src. S3 copies on
+	// the server (one request, no bytes through the client), for objects up
+	// to 5 GiB, S3's limit for a single copy.
+	Copy(ctx context.Context, src, dst string) error
 	// Delete removes keys. Keys that do not exist are not an error.
 	Delete(ctx context.Context, keys ...string) error
 	// Location is the store's location string, as accepted by Open, without

@@ -51,6 +51,7 @@ func Run(t *testing.T, open func(t *testing.T) objectstore.Store) {
 		{"Delete", testDelete},
 		{"PutIfAbsent", testPutIfAbsent},
 		{"PutIfAbsentConcurrent", testPutIfAbsentConcurrent},
+		{"Copy", testCopy},
 		{"SizeMismatch", testSizeMismatch},
 		{"InvalidKeys", testInvalidKeys},
 		{"FailingReader", testFailingReader},
@@ -422,6 +423,62 @@ func testPutIfAbsent(t *testing.T, s objectstore.Store) {
 	wantKeys(t, s, "", "m", "new/dir/m")
 }
 
+func testCopy(t *testing.T, s objectstore.Store) {
+	c := ctx(t)
+	data := pattern(100<<10, 7)
+	put(t, s, "src/a", data)
+	if err := s.Copy(c, "src/a", "dst/deep/a"); err != nil {
+		t.Fatalf("Copy(src/a, dst/deep/a): %v", err)
+	}
+	wantContent(t, s, "dst/deep/a", data)
+	info, err := s.Stat(c, "dst/deep/a")
+	if err != nil || info.Size != int64(len(data)) {
+		t.Fatalf("Stat(copy) = %+v, %v", info, err)
+	}
+	// The copy is an object of its own: replacing or deleting the source
+	// leaves it alone.
+	put(t, s, "src/a", []byte("changed"))
+	wantContent(t, s, "dst/deep/a", data)
+	if err := s.Delete(c, "src/a"); err != nil {
+		t.Fatal(err)
+	}
+	wantContent(t, s, "dst/deep/a", data)
+
+	// Copy replaces an existing destination.
+	put(t, s, "other", []byte("other"))
+	if err := s.Copy(c, "other", "dst/deep/a"); err != nil {
+		t.Fatalf("Copy(onto an existing key): %v", err)
+	}
+	wantContent(t, s, "dst/deep/a", []byte("other"))
+
+	// A missing source is ErrNotFound and leaves the destination alone.
+	if err := s.Copy(c, "src/a", "dst/deep/a"); !errors.Is(err, objectstore.ErrNotFound) {
+		t.Fatalf("Copy(missing source) = %v, want ErrNotFound", err)
+	}
+	wantContent(t, s, "dst/deep/a", []byte("other"))
+	if err := s.Copy(c, "missing", "dst/new"); !errors.Is(err, objectstore.ErrNotFound) {
+		t.Fatalf("Copy(missing source, new key) = %v, want ErrNotFound", err)
+	}
+	wantAbsent(t, s, "dst/new")
+
+	// Copying an object onto itself keeps it; onto itself when missing is
+	// ErrNotFound.
+	if err := s.Copy(c, "other", "other"); err != nil {
+		t.Fatalf("Copy(other, other): %v", err)
+	}
+	wantContent(t, s, "other", []byte("other"))
+	if err := s.Copy(c, "missing", "missing"); !errors.Is(err, objectstore.ErrNotFound) {
+		t.Fatalf("Copy(missing, missing) = %v, want ErrNotFound", err)
+	}
+	// Empty objects copy too.
+	put(t, s, "empty", nil)
+	if err := s.Copy(c, "empty", "empty2"); err != nil {
+		t.Fatalf("Copy(empty): %v", err)
+	}
+	wantContent(t, s, "empty2", nil)
+	wantKeys(t, s, "", "dst/deep/a", "empty", "empty2", "other")
+}
+
 func testPutIfAbsentConcurrent(t *testing.T, s objectstore.Store) {
 	const n = 8
 	for round := range 3 {
@@ -526,6 +583,12 @@ func testInvalidKeys(t *testing.T, s objectstore.Store) {
 		}
 		if _, err := s.Stat(c, key); !errors.Is(err, objectstore.ErrInvalidKey) {
 			t.Errorf("Stat(%q) = %v, want ErrInvalidKey", key, err)
+		}
+		if err := s.Copy(c, key, "valid"); !errors.Is(err, objectstore.ErrInvalidKey) {
+			t.Errorf("Copy(%q, valid) = %v, want ErrInvalidKey", key, err)
+		}
+		if err := s.Copy(c, "valid", key); !errors.Is(err, objectstore.ErrInvalidKey) {
+			t.Errorf("Copy(valid, %q) = %v, want ErrInvalidKey", key, err)
 		}
 		if err := s.Delete(c, "valid", key); !errors.Is(err, objectstore.ErrInvalidKey) {
 			t.Errorf("Delete(valid, %q) = %v, want ErrInvalidKey", key, err)
@@ -675,6 +738,11 @@ func testLarge(t *testing.T, s objectstore.Store) {
 	if info, err := s.Stat(ctx(t), "large2"); err != nil || info.Size != LargeSize {
 		t.Fatalf("Stat(large2) = %+v, %v", info, err)
 	}
+	// A copy of an object uploaded in parts.
+	if err := s.Copy(ctx(t), "large", "copies/large"); err != nil {
+		t.Fatalf("Copy(large): %v", err)
+	}
+	wantStream(t, s, "copies/large", 0, -1, data)
 
 	// Size mismatches that show only in the last part (an S3 store uploads
 	// 20 MiB in two parts).
