@@ -294,6 +294,13 @@ func (c *Coordinator) triggerSavepoint(t subjects.TriggerSavepoint, w savepointW
 			c.savepointError(w.reply, t.Job, err)
 			return
 		}
+		// A savepoint inside a job's checkpoint directories would be taken
+		// for that job's orphans and swept.
+		if job, _, _ := strings.Cut(key, "/"); isCheckpointObject(job, key+"/sp-0") {
+			c.savepointError(w.reply, t.Job, subjects.Errorf(subjects.CodeInvalidLocation,
+				"%s lies among the checkpoints of job %q; write savepoints elsewhere", t.Target, job))
+			return
+		}
 		dir = key
 	}
 	c.enqueue(func(now time.Time) {

@@ -243,10 +243,16 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string) (subjects.JobIn
 		if e := c.jobs[spec.Name]; e != nil && !e.jm.State().Terminal() {
 			return subjects.JobInfo{Error: subjects.Errorf(subjects.CodeJobExists, "job %q is %s; cancel or stop it first", spec.Name, e.jm.State())}
 		}
-		rec := jobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: jc.latest + 1}
+		// The run's checkpoint ids continue after the savepoint's, which
+		// may be another job's: restore points are tried newest id first.
+		latest := jc.latest
+		if fromRec != nil {
+			latest = max(latest, fromRec.ID)
+		}
+		rec := jobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: latest + 1}
 		c.persist(rec)
 		c.event(subjects.Event{Kind: subjects.EventJobSubmitted, Job: spec.Name, Location: from}, spec.Name)
-		c.startJob(rec, runCheckpoints{latest: jc.latest, restore: restore, from: fromRec}, now)
+		c.startJob(rec, runCheckpoints{latest: latest, restore: restore, from: fromRec}, now)
 		return c.jobs[spec.Name].jm.Info()
 	})
 	if info.Error == nil {
@@ -513,6 +519,34 @@ func (c *Coordinator) apiSavepointDelete(r micro.Request) {
 		}
 		rec = md
 	}
+	// A savepoint owns its files (a native one copies what checkpoints
+	// uploaded), and the first checkpoint of a run restored from it copies
+	// them in turn. Until then the run can restore only from the savepoint.
+	// Files that retained checkpoints of older builds still name are kept.
+	type users struct {
+		inUse      string
+		referenced map[string]bool
+	}
+	u := call(c, func(time.Time) users {
+		u := users{referenced: map[string]bool{}}
+		for _, name := range sortedKeys(c.jobs) {
+			e := c.jobs[name]
+			if e.cc == nil {
+				continue
+			}
+			for f := range e.cc.Referenced() {
+				u.referenced[f] = true
+			}
+			if e.from != nil && e.from.Location == rec.Location && !e.jm.State().Terminal() && len(e.cc.Retained()) == 0 {
+				u.inUse = name
+			}
+		}
+		return u
+	})
+	if u.inUse != "" {
+		fail(subjects.Errorf(subjects.CodeSavepointInUse, "job %q restored from %s and has completed no checkpoint since: it can restore from nothing else yet; delete the savepoint once a checkpoint completed", u.inUse, req.Location))
+		return
+	}
 	if err := c.ckpts.remove(ctx, rec); err != nil {
 		fail(subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err))
 		return
@@ -521,7 +555,9 @@ func (c *Coordinator) apiSavepointDelete(r micro.Request) {
 	if err == nil {
 		keys := make([]string, 0, len(objs))
 		for _, o := range objs {
-			keys = append(keys, o.Key)
+			if !u.referenced[o.Key] {
+				keys = append(keys, o.Key)
+			}
 		}
 		err = c.cfg.Store.Delete(ctx, keys...)
 	}

@@ -2,10 +2,12 @@ package coordinator
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
+	"github.com/flotilla-io/flotilla/objectstore"
 )
 
 // SweepOrphans runs the orphan sweep now with the given grace period and
@@ -19,9 +21,13 @@ func (c *Coordinator) SweepOrphans(grace time.Duration) int {
 }
 
 // sweepOrphans deletes, for every job this coordinator knows, the objects
-// under the job's prefix that no retained checkpoint (nor the savepoint the
-// run restored from) references and that are older than grace: leftovers of
-// crashed uploads, aborted checkpoints and earlier runs. Called on the loop;
+// of the job's checkpoints (under checkpoint.SharedLocation and the
+// checkpoint.CheckpointLocation directories, never anything else under the
+// job's name: a savepoint may have been written there, or another job's
+// savepoints directory may be named like the job) that no retained
+// checkpoint (nor the savepoint the run restored from) references and that
+// are older than grace: leftovers of crashed uploads, aborted checkpoints
+// and earlier runs. Called on the loop;
 // the listing and deleting run on their own goroutine, which sends the
 // number deleted on done (if not nil).
 func (c *Coordinator) sweepOrphans(now time.Time, grace time.Duration, done chan<- int) {
@@ -56,7 +62,15 @@ func (c *Coordinator) sweepOrphans(now time.Time, grace time.Duration, done chan
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
 		for _, j := range jobs {
-			objs, err := c.cfg.Store.List(ctx, j.name+"/")
+			var objs []objectstore.ObjectInfo
+			var err error
+			for _, prefix := range []string{checkpoint.SharedLocation(j.name) + "/", j.name + "/chk-"} {
+				var part []objectstore.ObjectInfo
+				if part, err = c.cfg.Store.List(ctx, prefix); err != nil {
+					break
+				}
+				objs = append(objs, part...)
+			}
 			if err != nil {
 				c.log.Warn("orphan sweep: listing", "job", j.name, "err", err)
 				continue
@@ -64,7 +78,7 @@ func (c *Coordinator) sweepOrphans(now time.Time, grace time.Duration, done chan
 			var orphans []string
 		next:
 			for _, o := range objs {
-				if j.referenced[o.Key] || o.ModTime.After(cutoff) {
+				if j.referenced[o.Key] || o.ModTime.After(cutoff) || !isCheckpointObject(j.name, o.Key) {
 					continue
 				}
 				for _, p := range j.pending {
@@ -85,4 +99,20 @@ func (c *Coordinator) sweepOrphans(now time.Time, grace time.Duration, done chan
 			c.log.Info("orphan sweep", "job", j.name, "deleted", len(orphans))
 		}
 	}()
+}
+
+// isCheckpointObject reports whether key lies where job's checkpoints write:
+// its shared directory or a chk-<n> directory (checkpoint.SharedLocation,
+// checkpoint.CheckpointLocation).
+func isCheckpointObject(job, key string) bool {
+	if strings.HasPrefix(key, checkpoint.SharedLocation(job)+"/") {
+		return true
+	}
+	rest, ok := strings.CutPrefix(key, job+"/chk-")
+	if !ok {
+		return false
+	}
+	n, _, ok := strings.Cut(rest, "/")
+	_, err := strconv.ParseUint(n, 10, 64)
+	return ok && err == nil
 }

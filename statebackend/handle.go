@@ -80,6 +80,10 @@ type Handle struct {
 	// Files is every object key the handle references, Manifest included,
 	// for reference counting and garbage collection.
 	Files []string `json:"files"`
+	// Sizes, if not empty, is the size of each of Files, in order (they add
+	// up to Size): what a checkpoint coordinator checks the store holds
+	// before it commits. Handles written before it was added have none.
+	Sizes []int64 `json:"sizes,omitempty"`
 }
 
 // Validate checks the handle's fields for a job with max parallelism
@@ -112,6 +116,21 @@ func (h Handle) Validate(maxParallelism int) error {
 	}
 	if !hasManifest {
 		return bad("files do not include the manifest %q", h.Manifest)
+	}
+	if len(h.Sizes) > 0 {
+		if len(h.Sizes) != len(h.Files) {
+			return bad("%d sizes for %d files", len(h.Sizes), len(h.Files))
+		}
+		var sum int64
+		for _, s := range h.Sizes {
+			if s < 0 {
+				return bad("negative file size %d", s)
+			}
+			sum += s
+		}
+		if sum != h.Size {
+			return bad("file sizes add up to %d, size is %d", sum, h.Size)
+		}
 	}
 	if h.Format == FormatCanonical && len(h.Files) != 1 {
 		return bad("canonical savepoint with %d files", len(h.Files))

@@ -288,6 +288,7 @@ func (p *PendingSavepoint) Write(ctx context.Context, store objectstore.Store, k
 		Size:     size,
 		Uploaded: size,
 		Files:    []string{key},
+		Sizes:    []int64{size},
 	}, nil
 }
 

@@ -288,7 +288,16 @@ func (p *PendingSnapshot) upload(ctx context.Context, store objectstore.Store, t
 	// Reuse what completed snapshots uploaded. Forget uploaded SSTs that are
 	// gone from the DB: file numbers are never reused, so an SST older than
 	// this image's newest and absent from it is dead for good.
+	//
+	// Only objects under the target's shared prefix are referenced: a
+	// snapshot owns every file it names outside it. So a savepoint (whose
+	// shared prefix is its own) and the first checkpoint after a restore
+	// from a savepoint copy, on the server, the SSTs the store already holds
+	// elsewhere, and nothing a retention or a deleted savepoint removes is
+	// ever named by a snapshot that outlives it (Flink's NO_CLAIM restore).
 	reused := make(map[string]bool)
+	copyFrom := make(map[string]sharedObject)
+	sharedDir := target.SharedPrefix + "/"
 	b.mu.Lock()
 	for name := range b.uploaded {
 		n, ok := fileNum(name)
@@ -303,6 +312,10 @@ func (p *PendingSnapshot) upload(ctx context.Context, store objectstore.Store, t
 			continue
 		}
 		if fi, err := os.Stat(filepath.Join(p.dir, f.Name)); err != nil || fi.Size() != o.size {
+			continue
+		}
+		if !strings.HasPrefix(o.key, sharedDir) {
+			copyFrom[f.Name] = o
 			continue
 		}
 		f.Object, f.Size, f.CRC32C = o.key, o.size, o.crc
@@ -326,7 +339,20 @@ func (p *PendingSnapshot) upload(ctx context.Context, store objectstore.Store, t
 		if !ok {
 			limit = -1
 		}
+		src, hasSrc := copyFrom[f.Name]
 		jobs = append(jobs, func(ctx context.Context) error {
+			if hasSrc {
+				err := store.Copy(ctx, src.key, f.Object)
+				if err == nil {
+					f.Size, f.CRC32C = src.size, src.crc
+					return nil
+				}
+				if ctx.Err() != nil {
+					return err
+				}
+				// The source is gone or the store cannot copy: the file is
+				// here, upload it.
+			}
 			size, crc, err := uploadFile(ctx, store, f.Object, filepath.Join(p.dir, f.Name), limit)
 			f.Size, f.CRC32C = size, crc
 			return err
@@ -360,6 +386,7 @@ func (p *PendingSnapshot) upload(ctx context.Context, store objectstore.Store, t
 	added := make(map[string]sharedObject)
 	for _, f := range files {
 		h.Files = append(h.Files, f.Object)
+		h.Sizes = append(h.Sizes, f.Size)
 		h.Size += f.Size
 		if !reused[f.Name] {
 			h.Uploaded += f.Size
@@ -369,6 +396,7 @@ func (p *PendingSnapshot) upload(ctx context.Context, store objectstore.Store, t
 		}
 	}
 	h.Files = append(h.Files, h.Manifest)
+	h.Sizes = append(h.Sizes, int64(len(data)))
 	if err := ctx.Err(); err != nil {
 		return Handle{}, nil, err
 	}
@@ -446,5 +474,36 @@ func (b *Backend) SnapshotAborted(id uint64) {
 	b.mu.Unlock()
 	if p != nil {
 		p.release()
+	}
+}
+
+// ForgetObjects makes the backend stop naming the objects keys in later
+// snapshots: the DB files it held there are uploaded again by the next
+// Snapshot. Call it when the objects are known to be gone, e.g. when a
+// checkpoint coordinator aborted a checkpoint because they were missing
+// from the store; keys the backend does not reference are ignored.
+func (b *Backend) ForgetObjects(keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	gone := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		gone[k] = true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for name, o := range b.uploaded {
+		if gone[o.key] {
+			delete(b.uploaded, name)
+		}
+	}
+	for _, p := range b.pending {
+		p.mu.Lock()
+		for name, o := range p.added {
+			if gone[o.key] {
+				delete(p.added, name)
+			}
+		}
+		p.mu.Unlock()
 	}
 }

@@ -39,9 +39,12 @@ const (
 	CodeCheckpointAborted  Code = 403 // aborted (job failing over, stopping, or superseded)
 	CodeSavepointFailed    Code = 404 // all attempts of a savepoint failed
 	CodeTooManyCheckpoints Code = 405 // max concurrent checkpoints reached
+	CodeSavepointInUse     Code = 406 // a running job can restore only from this savepoint
+	CodeOperatorMismatch   Code = 407 // the state to restore was written by another operator
 	CodeInvalidLocation    Code = 500 // location outside the store or malformed
 	CodeCorruptState       Code = 501 // a snapshot/savepoint/metadata object is unreadable
 	CodeStorageUnavailable Code = 502 // object store or JetStream did not answer
+	CodeMissingObject      Code = 503 // an object a checkpoint names is absent or of another size
 	CodeUnauthorized       Code = 600 // not permitted
 	CodeInternal           Code = 900 // a bug: report it
 	CodeUnavailable        Code = 901 // the service is starting or shutting down; retry
@@ -75,9 +78,12 @@ var codeNames = map[Code]string{
 	CodeCheckpointAborted:  "checkpoint_aborted",
 	CodeSavepointFailed:    "savepoint_failed",
 	CodeTooManyCheckpoints: "too_many_checkpoints",
+	CodeSavepointInUse:     "savepoint_in_use",
+	CodeOperatorMismatch:   "operator_mismatch",
 	CodeInvalidLocation:    "invalid_location",
 	CodeCorruptState:       "corrupt_state",
 	CodeStorageUnavailable: "storage_unavailable",
+	CodeMissingObject:      "missing_object",
 	CodeUnauthorized:       "unauthorized",
 	CodeInternal:           "internal",
 	CodeUnavailable:        "unavailable",

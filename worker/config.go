@@ -71,6 +71,10 @@ type Config struct {
 	// way. Zero means DefaultFilterBelowShare; 1 always filters (unless the
 	// task owns every group); a value above 1 never filters.
 	FilterBelowShare float64
+	// MemTableSize is the Pebble memtable size of each task's state; zero
+	// means statebackend.DefaultMemTableSize. Smaller memtables flush (and
+	// compact) sooner.
+	MemTableSize uint64
 }
 
 // Defaults of Config's tuning fields.

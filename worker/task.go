@@ -191,7 +191,7 @@ func (t *task) openState() error {
 	if err := os.RemoveAll(t.dir); err != nil {
 		return subjects.Errorf(subjects.CodeInternal, "clean task directory: %v", err)
 	}
-	opts := statebackend.Options{MaxParallelism: t.m, KeyGroups: t.rng, Logger: pebbleLogger{t.log}}
+	opts := statebackend.Options{MaxParallelism: t.m, KeyGroups: t.rng, Logger: pebbleLogger{t.log}, MemTableSize: t.w.cfg.MemTableSize}
 	var be *statebackend.Backend
 	var err error
 	if len(t.restore) > 0 {

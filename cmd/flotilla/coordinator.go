@@ -27,6 +27,8 @@ func runCoordinator(ctx context.Context, e *env, args []string) error {
 		"replicas of every JetStream stream and KV bucket flotilla creates; 0: 3 on a cluster that can place 3, else 1 (env FLOTILLA_REPLICAS)")
 	placeCluster := fs.String("placement-cluster", os.Getenv("FLOTILLA_PLACEMENT_CLUSTER"), "JetStream cluster to place flotilla's streams in (env FLOTILLA_PLACEMENT_CLUSTER)")
 	placeTags := fs.String("placement-tags", os.Getenv("FLOTILLA_PLACEMENT_TAGS"), "comma-separated server tags to place flotilla's streams on (env FLOTILLA_PLACEMENT_TAGS)")
+	grace := fs.Duration("orphan-grace", time.Hour, "age after which the orphan sweep deletes an unreferenced checkpoint object")
+	sweepEvery := fs.Duration("orphan-sweep-interval", 10*time.Minute, "how often the orphan sweep runs")
 	if _, err := e.parse(fs, args); err != nil {
 		return err
 	}
@@ -55,7 +57,8 @@ func runCoordinator(ctx context.Context, e *env, args []string) error {
 	}
 	defer nc.Close()
 	co, err := coordinator.New(coordinator.Config{Conn: nc, Namespace: ns, Store: store, Logger: log,
-		HeartbeatInterval: *hbInterval, HeartbeatTimeout: *hbTimeout, Replicas: *replicas, Placement: placement})
+		HeartbeatInterval: *hbInterval, HeartbeatTimeout: *hbTimeout, Replicas: *replicas, Placement: placement,
+		OrphanGrace: *grace, OrphanSweepInterval: *sweepEvery})
 	if err != nil {
 		return err
 	}
