@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,10 +20,46 @@ import (
 // Version is reported by the user API service.
 const Version = "0.1.0"
 
-// microResponder adapts a micro.Request to subjects.Responder.
+// microResponder adapts a micro.Request to subjects.ErrorResponder: a
+// refused request keeps its typed JSON body and counts among the
+// service's errors (`nats micro stats`), with the code and description
+// in the Nats-Service-Error-Code and Nats-Service-Error headers.
 type microResponder struct{ micro.Request }
 
 func (r microResponder) Respond(b []byte) error { return r.Request.Respond(b) }
+
+func (r microResponder) RespondError(e *subjects.Error, body []byte) error {
+	code, desc := serviceError(e)
+	return r.Request.Error(code, desc, body)
+}
+
+// serviceError returns the values of the Nats-Service-Error-Code and
+// Nats-Service-Error headers for e.
+func serviceError(e *subjects.Error) (code, description string) {
+	return strconv.Itoa(int(e.Code)), strings.Join(strings.Fields(e.Code.String()+": "+e.Message), " ") // one line
+}
+
+// laterResponder answers a micro request after its handler has returned (a
+// savepoint's outcome, which takes as long as the savepoint). It publishes
+// to the reply subject itself: the service reads a request's error mark
+// when the handler returns, so marking it later would race, and such a
+// refusal does not count in the stats (the refusals known at once are
+// answered from the handler and do). An error still carries the error
+// headers.
+type laterResponder struct {
+	nc    *nats.Conn
+	reply string
+}
+
+func later(nc *nats.Conn, r micro.Request) laterResponder { return laterResponder{nc, r.Reply()} }
+
+func (r laterResponder) Respond(b []byte) error { return r.nc.Publish(r.reply, b) }
+
+func (r laterResponder) RespondError(e *subjects.Error, body []byte) error {
+	code, desc := serviceError(e)
+	return r.nc.PublishMsg(&nats.Msg{Subject: r.reply, Data: body,
+		Header: nats.Header{micro.ErrorCodeHeader: []string{code}, micro.ErrorHeader: []string{desc}}})
+}
 
 // subscribe installs the control-plane subscriptions and the user API.
 func (c *Coordinator) subscribe() ([]*nats.Subscription, micro.Service, error) {
@@ -385,7 +422,14 @@ func (c *Coordinator) apiStateGet(r micro.Request) {
 			Error: subjects.Errorf(subjects.CodeUnavailable, "the task owning key group %d of %q did not answer (restarting?): %v", g, q.Job, err)})
 		return
 	}
-	_ = r.Respond(msg.Data)
+	var res subjects.StateResult
+	if err := subjects.Decode(msg.Data, &res); err != nil {
+		res = subjects.StateResult{Job: q.Job, Key: q.Key, Group: g,
+			Error: subjects.Errorf(subjects.CodeOf(err), "the answer of the task owning key group %d of %q: %v", g, q.Job, err)}
+	} else if !res.Found && res.Error == nil {
+		res.Error = subjects.Errorf(subjects.CodeKeyNotFound, "job %q has no state under key %q (key group %d, task %d)", q.Job, q.Key, res.Group, res.Task)
+	}
+	subjects.Reply(microResponder{r}, &res)
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -397,12 +441,34 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
+// savepointRefused answers a savepoint, stop or rescale request at once,
+// from the handler, if its job does not exist or is not running, and
+// returns whether it did.
+func (c *Coordinator) savepointRefused(r micro.Request, job string) bool {
+	err := subjects.AsError(subjects.ValidateName("job", job))
+	if err == nil {
+		err = call(c, func(time.Time) *subjects.Error {
+			switch e := c.jobs[job]; {
+			case e == nil:
+				return unknownJob(job)
+			case e.jm.State().Terminal():
+				return subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", job, e.jm.State())
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Job: job, Error: err})
+	}
+	return err != nil
+}
+
 func (c *Coordinator) apiJobStop(r micro.Request) {
 	req, ok := c.jobRequest(r)
-	if !ok {
+	if !ok || c.savepointRefused(r, req.Job) {
 		return
 	}
-	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job, Stop: true}, savepointWaiter{reply: microResponder{r}})
+	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job, Stop: true}, savepointWaiter{reply: later(c.nc, r)})
 }
 
 func (c *Coordinator) apiJobRescale(r micro.Request) {
@@ -422,7 +488,10 @@ func (c *Coordinator) apiJobRescale(r micro.Request) {
 			Error: subjects.Errorf(subjects.CodeParallelismTooHigh, "parallelism %d is above max_parallelism %d", req.Parallelism, maxP)})
 		return
 	}
-	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job}, savepointWaiter{reply: microResponder{r}, rescale: req.Parallelism})
+	if c.savepointRefused(r, req.Job) {
+		return
+	}
+	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job}, savepointWaiter{reply: later(c.nc, r), rescale: req.Parallelism})
 }
 
 // rescaleFrom resubmits a job stopped with a savepoint at the waiter's
@@ -445,7 +514,10 @@ func (c *Coordinator) apiSavepoint(r micro.Request) {
 		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
 		return
 	}
-	c.triggerSavepoint(t, savepointWaiter{reply: microResponder{r}})
+	if c.savepointRefused(r, t.Job) {
+		return
+	}
+	c.triggerSavepoint(t, savepointWaiter{reply: later(c.nc, r)})
 }
 
 func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
@@ -456,8 +528,11 @@ func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
 	// A job this coordinator runs answers from its checkpoint coordinator,
 	// which decides retention (JetStream lags while subsumed records are
 	// being deleted); other jobs from JetStream.
+	var known bool
 	list := call(c, func(time.Time) []subjects.CheckpointRecord {
-		if e := c.jobs[req.Job]; e != nil && e.cc != nil && !savepoints {
+		e := c.jobs[req.Job]
+		known = e != nil
+		if e != nil && e.cc != nil && !savepoints {
 			return append([]subjects.CheckpointRecord{}, e.cc.Retained()...)
 		}
 		return nil
@@ -468,6 +543,13 @@ func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
 		jc, _, err := c.ckpts.load(ctx, req.Job)
 		if err != nil {
 			subjects.Reply(microResponder{r}, &subjects.CheckpointList{Error: subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err)})
+			return
+		}
+		// A job this coordinator does not know and that left no record
+		// (the records of a job whose run was forgotten still list) does
+		// not exist: the same answer as every other endpoint's.
+		if !known && jc.latest == 0 && len(jc.checkpoints) == 0 && len(jc.savepoints) == 0 {
+			subjects.Reply(microResponder{r}, &subjects.CheckpointList{Error: unknownJob(req.Job)})
 			return
 		}
 		list = jc.checkpoints

@@ -45,8 +45,9 @@ type SavepointResult struct {
 	Error      *Error `json:"error,omitempty"`
 }
 
-func (*SavepointResult) MsgType() Type   { return TypeSavepointResult }
-func (*SavepointResult) Validate() error { return nil }
+func (*SavepointResult) MsgType() Type     { return TypeSavepointResult }
+func (*SavepointResult) Validate() error   { return nil }
+func (m *SavepointResult) Failure() *Error { return m.Error }
 
 // SubmitJob submits a job.
 type SubmitJob struct {
@@ -141,8 +142,9 @@ type JobInfo struct {
 	Error            *Error `json:"error,omitempty"`
 }
 
-func (*JobInfo) MsgType() Type   { return TypeJobInfo }
-func (*JobInfo) Validate() error { return nil }
+func (*JobInfo) MsgType() Type     { return TypeJobInfo }
+func (*JobInfo) Validate() error   { return nil }
+func (m *JobInfo) Failure() *Error { return m.Error }
 
 // JobList lists jobs.
 type JobList struct {
@@ -151,8 +153,18 @@ type JobList struct {
 	Error *Error    `json:"error,omitempty"`
 }
 
-func (*JobList) MsgType() Type   { return TypeJobList }
-func (*JobList) Validate() error { return nil }
+func (*JobList) MsgType() Type     { return TypeJobList }
+func (*JobList) Validate() error   { return nil }
+func (m *JobList) Failure() *Error { return m.Error }
+
+// Records returns the jobs, so that Encode stamps their headers too.
+func (m *JobList) Records() []Message {
+	out := make([]Message, len(m.Jobs))
+	for i := range m.Jobs {
+		out[i] = &m.Jobs[i]
+	}
+	return out
+}
 
 // WorkerInfo describes a registered worker.
 type WorkerInfo struct {
@@ -171,8 +183,9 @@ type WorkerList struct {
 	Error   *Error       `json:"error,omitempty"`
 }
 
-func (*WorkerList) MsgType() Type   { return TypeWorkerList }
-func (*WorkerList) Validate() error { return nil }
+func (*WorkerList) MsgType() Type     { return TypeWorkerList }
+func (*WorkerList) Validate() error   { return nil }
+func (m *WorkerList) Failure() *Error { return m.Error }
 
 // TaskCheckpoint is one task's part of a completed checkpoint.
 type TaskCheckpoint struct {
@@ -226,5 +239,16 @@ type CheckpointList struct {
 	Error       *Error             `json:"error,omitempty"`
 }
 
-func (*CheckpointList) MsgType() Type   { return TypeCheckpointList }
-func (*CheckpointList) Validate() error { return nil }
+func (*CheckpointList) MsgType() Type     { return TypeCheckpointList }
+func (*CheckpointList) Validate() error   { return nil }
+func (m *CheckpointList) Failure() *Error { return m.Error }
+
+// Records returns the checkpoint records, so that Encode stamps their
+// headers too.
+func (m *CheckpointList) Records() []Message {
+	out := make([]Message, len(m.Checkpoints))
+	for i := range m.Checkpoints {
+		out[i] = &m.Checkpoints[i]
+	}
+	return out
+}

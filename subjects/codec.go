@@ -144,10 +144,32 @@ type Message interface {
 // decodes as the zero value.
 type lenient interface{ lenient() }
 
-// Encode validates m, stamps its header and returns its JSON encoding.
+// Container is a message that carries whole messages of another type (a
+// list of jobs or of checkpoint records). Encode stamps their headers as
+// it stamps m's, so that every object on the wire says what it is.
+type Container interface {
+	Message
+	// Records returns pointers to the messages m carries.
+	Records() []Message
+}
+
+// Failer is a reply that may carry an error.
+type Failer interface {
+	Message
+	// Failure returns the reply's error, nil if it has none.
+	Failure() *Error
+}
+
+// Encode validates m, stamps its header (and those of the messages it
+// carries, if it is a Container) and returns its JSON encoding.
 func Encode(m Message) ([]byte, error) {
 	h := m.header()
 	h.Type, h.V = m.MsgType(), Version
+	if c, ok := m.(Container); ok {
+		for _, r := range c.Records() {
+			r.header().Type, r.header().V = r.MsgType(), Version
+		}
+	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
@@ -274,12 +296,31 @@ func firstErr(errs ...error) error {
 // a request the same way.
 type Responder interface{ Respond([]byte) error }
 
+// ErrorResponder is a Responder that can also mark a reply as an error,
+// as a micro service request does (its service then counts the request
+// among its errors and sends the code and description in headers).
+type ErrorResponder interface {
+	Responder
+	// RespondError answers with body, the encoded reply, marked as the
+	// error e.
+	RespondError(e *Error, body []byte) error
+}
+
 // Reply answers a request with m. A message that fails to encode is a bug,
-// answered with a Response carrying the error rather than with silence.
+// answered with a Response carrying the error rather than with silence. A
+// reply carrying an error (a Failer whose Failure is set) goes through
+// RespondError when r is an ErrorResponder, with the same body.
 func Reply(r Responder, m Message) {
 	b, err := Encode(m)
 	if err != nil {
-		b = MustEncode(&Response{Error: AsError(err)})
+		m = &Response{Error: AsError(err)}
+		b = MustEncode(m)
+	}
+	if er, ok := r.(ErrorResponder); ok {
+		if f, ok := m.(Failer); ok && f.Failure() != nil {
+			_ = er.RespondError(f.Failure(), b)
+			return
+		}
 	}
 	_ = r.Respond(b)
 }

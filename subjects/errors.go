@@ -33,6 +33,7 @@ const (
 	CodeParallelismTooHigh Code = 303 // parallelism above max parallelism
 	CodeJobNotRunning      Code = 304 // the operation needs a running job
 	CodeUnknownOperator    Code = 305 // no operator registered under that name
+	CodeKeyNotFound        Code = 306 // the job has no state under that key
 	CodeUnknownCheckpoint  Code = 400 // no such checkpoint or savepoint
 	CodeCheckpointDeclined Code = 401 // a task declined the checkpoint
 	CodeCheckpointExpired  Code = 402 // the checkpoint timed out
@@ -72,6 +73,7 @@ var codeNames = map[Code]string{
 	CodeParallelismTooHigh: "parallelism_too_high",
 	CodeJobNotRunning:      "job_not_running",
 	CodeUnknownOperator:    "unknown_operator",
+	CodeKeyNotFound:        "key_not_found",
 	CodeUnknownCheckpoint:  "unknown_checkpoint",
 	CodeCheckpointDeclined: "checkpoint_declined",
 	CodeCheckpointExpired:  "checkpoint_expired",

@@ -282,8 +282,9 @@ type Response struct {
 	Error *Error `json:"error,omitempty"`
 }
 
-func (*Response) MsgType() Type   { return TypeResponse }
-func (*Response) Validate() error { return nil }
+func (*Response) MsgType() Type     { return TypeResponse }
+func (*Response) Validate() error   { return nil }
+func (m *Response) Failure() *Error { return m.Error }
 
 // Err returns the response's error as an error (nil if none).
 func (m *Response) Err() error {
@@ -458,8 +459,9 @@ type StateResult struct {
 	Error *Error          `json:"error,omitempty"`
 }
 
-func (*StateResult) MsgType() Type   { return TypeStateResult }
-func (*StateResult) Validate() error { return nil }
+func (*StateResult) MsgType() Type     { return TypeStateResult }
+func (*StateResult) Validate() error   { return nil }
+func (m *StateResult) Failure() *Error { return m.Error }
 
 // Event is published on Namespace.Events and kept in a JetStream stream.
 type Event struct {

@@ -50,7 +50,7 @@ func runSavepoint(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if cc.json {
-		return printJSON(e.stdout, res)
+		return printJSON(e.stdout, &res)
 	}
 	fmt.Fprintf(e.stdout, "savepoint %d of %s: %s\n", res.Checkpoint, res.Job, res.Location)
 	return nil
@@ -143,7 +143,7 @@ func runCheckpointList(ctx context.Context, e *env, args []string,
 			return err
 		}
 		if cc.json {
-			return printJSON(e.stdout, recs)
+			return printJSON(e.stdout, &subjects.CheckpointList{Checkpoints: recs})
 		}
 		return printCheckpoints(e.stdout, recs, *tasks)
 	})

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -58,10 +59,20 @@ func (cc *clientCmd) run(args []string, f func(api *client.Client, pos []string)
 	return f(api, pos)
 }
 
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+// printJSON prints m as the API sends it: every object that is a message
+// (m, and each record of a list) with its type and version.
+func printJSON(w io.Writer, m subjects.Message) error {
+	b, err := subjects.Encode(m)
+	if err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	if err := json.Indent(&out, b, "", "  "); err != nil {
+		return err
+	}
+	out.WriteByte('\n')
+	_, err = out.WriteTo(w)
+	return err
 }
 
 func runSubmit(ctx context.Context, e *env, args []string) error {
@@ -93,7 +104,7 @@ func runJobList(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		if cc.json {
-			return printJSON(e.stdout, jobs)
+			return printJSON(e.stdout, &subjects.JobList{Jobs: jobs})
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "JOB\tSTATE\tTASKS\tRESTARTS\tCHECKPOINT")
@@ -127,7 +138,7 @@ func runJobCall(ctx context.Context, e *env, args []string, call func(*client.Cl
 
 func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {
 	if asJSON {
-		return printJSON(w, info)
+		return printJSON(w, &info)
 	}
 	fmt.Fprintf(w, "job %s: %s (restarts %d, latest checkpoint %d)\n", info.Job, info.State, info.Restarts, info.LatestCheckpoint)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -146,7 +157,7 @@ func runWorkers(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		if cc.json {
-			return printJSON(e.stdout, ws)
+			return printJSON(e.stdout, &subjects.WorkerList{Workers: ws})
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "WORKER\tINSTANCE\tHOST\tSLOTS\tFREE\tLAST HEARTBEAT")
@@ -165,7 +176,7 @@ func runStateGet(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		if cc.json {
-			return printJSON(e.stdout, res)
+			return printJSON(e.stdout, &res)
 		}
 		if !res.Found {
 			return fmt.Errorf("%s: key %q has no state (key group %d, task %d)", pos[0], pos[1], res.Group, res.Task)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"runtime/debug"
 	"strings"
 	"testing"
@@ -42,8 +43,17 @@ func TestHelpOfEveryCommand(t *testing.T) {
 			t.Errorf("%s: usage line %q lacks %q", c.path, c.line(), c.args)
 		}
 	}
-	if _, _, code := runCLI(t, "worker", "--help"); code != 0 {
-		t.Errorf("worker --help: exit %d", code)
+	// worker.Main writes to the process's stderr.
+	stderr, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := os.Stderr
+	os.Stderr = stderr
+	_, _, wcode := runCLI(t, "worker", "--help")
+	os.Stderr = saved
+	if out, _ := os.ReadFile(stderr.Name()); wcode != 0 || !strings.HasPrefix(string(out), "Usage: flotilla worker [flags]\n") {
+		t.Errorf("worker --help: exit %d, %q", wcode, out)
 	}
 	for _, group := range []string{"job", "state"} {
 		for _, args := range [][]string{{group, "--help"}, {group, "-h"}, {group, "help"}, {"help", group}} {

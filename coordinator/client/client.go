@@ -113,7 +113,8 @@ func (c *Client) Workers(ctx context.Context) ([]subjects.WorkerInfo, error) {
 }
 
 // State returns key's current value in job's state, from the task that
-// owns it.
+// owns it. A key with no state is an error with subjects.CodeKeyNotFound
+// (and res.Found false).
 func (c *Client) State(ctx context.Context, job, key string) (subjects.StateResult, error) {
 	var res subjects.StateResult
 	err := c.call(ctx, c.ns.API(subjects.APIStateGet), &subjects.StateQuery{Job: job, Key: key}, &res)

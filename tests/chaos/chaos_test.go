@@ -36,6 +36,7 @@ package chaos
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -293,7 +294,7 @@ func (c *cluster) compareCounts(job string, tr truth) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		res, err := c.api.State(ctx, job, k)
 		cancel()
-		if err != nil {
+		if err != nil && !errors.Is(err, subjects.CodeKeyNotFound) {
 			return err
 		}
 		var n int64

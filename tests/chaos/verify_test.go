@@ -89,6 +89,9 @@ func (c *cluster) checkStates(tr truth) (tally, error) {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				res, err := c.api.State(ctx, q.job, q.key)
 				cancel()
+				if errors.Is(err, subjects.CodeKeyNotFound) {
+					err = nil // no state: found is false
+				}
 				answers <- answer{q, res.Found, res.Value, err}
 			}
 		}()

@@ -498,7 +498,7 @@ func (c *cluster) waitState() {
 	testutil.CheckFor(c.t, 2*time.Minute, 500*time.Millisecond, func() error {
 		for key, want := range c.truth {
 			res, err := c.api.State(c.ctx, job, key)
-			if err != nil {
+			if err != nil && !errors.Is(err, subjects.CodeKeyNotFound) {
 				return fmt.Errorf("state of %s: %w", key, err)
 			}
 			var got int64
