@@ -158,10 +158,16 @@ func (*JobList) Validate() error   { return nil }
 func (m *JobList) Failure() *Error { return m.Error }
 
 // Records returns the jobs, so that Encode stamps their headers too.
-func (m *JobList) Records() []Message {
-	out := make([]Message, len(m.Jobs))
-	for i := range m.Jobs {
-		out[i] = &m.Jobs[i]
+func (m *JobList) Records() []Message { return pointers(m.Jobs) }
+
+// pointers returns pointers to the elements of xs, as messages.
+func pointers[T any, P interface {
+	*T
+	Message
+}](xs []T) []Message {
+	out := make([]Message, len(xs))
+	for i := range xs {
+		out[i] = P(&xs[i])
 	}
 	return out
 }
@@ -245,10 +251,4 @@ func (m *CheckpointList) Failure() *Error { return m.Error }
 
 // Records returns the checkpoint records, so that Encode stamps their
 // headers too.
-func (m *CheckpointList) Records() []Message {
-	out := make([]Message, len(m.Checkpoints))
-	for i := range m.Checkpoints {
-		out[i] = &m.Checkpoints[i]
-	}
-	return out
-}
+func (m *CheckpointList) Records() []Message { return pointers(m.Checkpoints) }
