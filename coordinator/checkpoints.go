@@ -44,14 +44,20 @@ func (c *Coordinator) doCC(job string, acts []checkpoint.Action, now time.Time) 
 				})
 			}()
 		case checkpoint.Commit:
-			r := a.Record
+			r, a := a.Record, a
 			go func() {
 				var err error
 				if c.cfg.BeforeCommit != nil {
 					err = c.cfg.BeforeCommit(r)
 				}
 				if err == nil {
-					ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+					// Retried through leader elections until the checkpoint
+					// times out, and tried once at least.
+					deadline := a.Deadline
+					if minimum := time.Now().Add(c.cfg.RequestTimeout); deadline.Before(minimum) {
+						deadline = minimum
+					}
+					ctx, cancel := context.WithDeadline(context.Background(), deadline)
 					err = c.ckpts.commit(ctx, r)
 					cancel()
 				}

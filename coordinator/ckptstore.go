@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flotilla-io/flotilla/internal/replicas"
@@ -62,22 +63,28 @@ func recordKey(r subjects.CheckpointRecord) string {
 // (they run concurrently): a record at or below the latest pointer is
 // committed once stored, so an older one completes without moving it.
 //
-// When it fails for want of an answer (a timeout, NATS away), the record
-// may be stored all the same: the server may have stored it without its
-// answer arriving, or the request may wait in the connection's reconnect
-// buffer and reach the server after the caller has aborted the checkpoint.
-// Once a later checkpoint moves the latest pointer past it, such a record
-// would read as completed (see load), although the tasks were told it
-// aborted and retention may delete the shared files it references. So a
-// failed commit deletes the record again, on the same connection: the
-// delete reaches the server after any such put.
+// Each step that gets no answer (a timeout, no responders, JetStream
+// temporarily unavailable: a stream leader being elected, a server lost) is
+// retried until ctx ends, the end of the checkpoint's timeout. Retrying is
+// safe: the put writes the same value to the same key, and the
+// compare-and-set is retried only after reading the pointer again, so an
+// update that was applied although its answer was lost reads as done
+// (the pointer is at r's id) instead of being applied twice. A read from a
+// replica that lags shows an older pointer, never a newer one (ids only
+// grow), so it can only cause one more round, never a false success.
+//
+// When it fails for good, the record may be stored all the same: the server
+// may have stored it without its answer arriving, or the request may wait
+// in the connection's reconnect buffer and reach the server after the
+// caller has aborted the checkpoint. Once a later checkpoint moves the
+// latest pointer past it, such a record would read as completed (see load),
+// although the tasks were told it aborted and retention may delete the
+// shared files it references. So a failed commit deletes the record again,
+// on the same connection (see forget for why it lands after any such put,
+// also across leader changes).
 func (s *ckptStore) commit(ctx context.Context, r subjects.CheckpointRecord) (err error) {
 	b, err := subjects.Encode(&r)
 	if err != nil {
-		return err
-	}
-	if _, err = s.kv.Put(ctx, recordKey(r), b); err != nil {
-		s.forget(r)
 		return err
 	}
 	defer func() {
@@ -85,42 +92,143 @@ func (s *ckptStore) commit(ctx context.Context, r subjects.CheckpointRecord) (er
 			s.forget(r)
 		}
 	}()
+	if err = retry(ctx, func(ctx context.Context) error {
+		_, err := s.kv.Put(ctx, recordKey(r), b)
+		return err
+	}); err != nil {
+		return err
+	}
 	ptr, _ := json.Marshal(latestPointer{ID: r.ID, Kind: r.Kind, Location: r.Location})
 	key := r.Job + ".latest"
-	for attempt := 0; attempt < 5; attempt++ {
-		e, err := s.kv.Get(ctx, key)
-		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
-			if _, err = s.kv.Create(ctx, key, ptr); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
-				return err
+	for conflicts := 0; conflicts < 5; {
+		var e jetstream.KeyValueEntry
+		err := retry(ctx, func(ctx context.Context) error {
+			var err error
+			e, err = s.kv.Get(ctx, key)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				e, err = nil, nil
 			}
-		case err != nil:
 			return err
-		default:
+		})
+		if err != nil {
+			return err
+		}
+		if e != nil {
 			var cur latestPointer
 			if err := json.Unmarshal(e.Value(), &cur); err != nil {
 				return fmt.Errorf("corrupt latest pointer of %s: %w", r.Job, err)
 			}
 			if cur.ID >= r.ID {
-				return nil
+				return nil // committed: by a newer one, or by our own update whose answer was lost
 			}
-			if _, err = s.kv.Update(ctx, key, ptr, e.Revision()); err == nil {
-				return nil
+		}
+		cctx, cancel := context.WithTimeout(ctx, commitStepTimeout)
+		if e == nil {
+			_, err = s.kv.Create(cctx, key, ptr)
+		} else {
+			_, err = s.kv.Update(cctx, key, ptr, e.Revision())
+		}
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, jetstream.ErrKeyExists) || isWrongLastSequence(err):
+			conflicts++ // another commit moved the pointer: read it again
+		case transient(err) && ctx.Err() == nil:
+			// No answer: read the pointer again to learn whether it applied.
+			if werr := wait(ctx); werr != nil {
+				return err
 			}
+		default:
+			return err
 		}
 	}
 	return fmt.Errorf("latest pointer of %s: too much contention", r.Job)
 }
 
-// forgetTimeout bounds forget's delete.
-const forgetTimeout = 5 * time.Second
+// commitStepTimeout bounds each JetStream request of a commit, so that one
+// lost to a leader election is retried within the checkpoint's timeout.
+const commitStepTimeout = 2 * time.Second
 
-// forget deletes the record of a failed commit, best effort (a record it
-// leaves behind can only ever be an older restore point; see commit).
+// retry runs op with commitStepTimeout per attempt until it succeeds, fails
+// with an error that is not transient, or ctx ends.
+func retry(ctx context.Context, op func(context.Context) error) error {
+	for {
+		sctx, cancel := context.WithTimeout(ctx, commitStepTimeout)
+		err := op(sctx)
+		cancel()
+		if err == nil || !transient(err) {
+			return err
+		}
+		if werr := wait(ctx); werr != nil {
+			return err
+		}
+	}
+}
+
+// wait pauses between retries, or returns ctx's error.
+func wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(100 * time.Millisecond):
+		return nil
+	}
+}
+
+// transient reports whether err means that JetStream did not answer or
+// cannot answer now (a leader election, a server lost, a reconnect), so
+// that the same request may be sent again.
+func transient(err error) bool {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
+		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrConnectionReconnecting):
+		return true
+	case errors.As(err, &apiErr):
+		return apiErr.Code == 503 // e.g. JetStream system temporarily unavailable
+	}
+	return false
+}
+
+// isWrongLastSequence reports whether err is a failed compare-and-set.
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// forgetTimeout bounds forget's retries.
+const forgetTimeout = time.Minute
+
+// forget deletes the record of a failed commit, in the background, retrying
+// while JetStream does not answer for up to forgetTimeout. A record it
+// leaves behind can only ever be an older restore point (see commit).
+//
+// Why the delete lands after the put it undoes, also on a cluster: both are
+// sent on the same connection, so the server receives the delete after the
+// put (a put still in the reconnect buffer goes out first). The stream
+// leader orders them in its raft log; a put that an old leader appended but
+// did not replicate to a majority is truncated when that server rejoins,
+// and once the delete is committed by a majority, a server whose log ends
+// before it cannot be elected again, so such a put cannot reappear after
+// the delete. What remains: if the delete itself never gets an answer
+// within forgetTimeout (no quorum for a minute), the record stays until a
+// load finds it above the latest pointer, or, when a later checkpoint
+// committed meanwhile, it stays as an older restore point.
 func (s *ckptStore) forget(r subjects.CheckpointRecord) {
-	ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
-	defer cancel()
-	_ = s.kv.Delete(ctx, recordKey(r))
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), forgetTimeout)
+		defer cancel()
+		_ = retry(ctx, func(ctx context.Context) error {
+			err := s.kv.Delete(ctx, recordKey(r))
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				return nil
+			}
+			return err
+		})
+	}()
 }
 
 // jobCheckpoints is what the store knows of one job.

@@ -46,8 +46,13 @@ type WriteMetadata struct{ Record subjects.CheckpointRecord }
 
 // Commit: commit Record to JetStream with compare-and-set on the job's
 // latest pointer, then call Committed. The record must be durable (synced)
-// before Committed is called with a nil error.
-type Commit struct{ Record subjects.CheckpointRecord }
+// before Committed is called with a nil error. A step that gets no answer
+// (a JetStream leader election, a server lost) is retried with the same
+// compare-and-set until Deadline, the end of the checkpoint's timeout.
+type Commit struct {
+	Record   subjects.CheckpointRecord
+	Deadline time.Time
+}
 
 // NotifyComplete: publish Complete to the tasks, give the record's handles
 // to the job master, publish a completion event.
@@ -347,7 +352,7 @@ func (c *Coordinator) MetadataWritten(id uint64, err error, now time.Time) []Act
 		return c.abort(p, subjects.Errorf(subjects.CodeStorageUnavailable, "writing metadata of %s %d: %v", p.kind, id, err), true, now)
 	}
 	p.phase = committing
-	return []Action{Commit{Record: p.record}}
+	return []Action{Commit{Record: p.record, Deadline: p.triggered.Add(c.cfg.Spec.Timeout.D())}}
 }
 
 // Committed completes a checkpoint whose record is durable in JetStream

@@ -60,10 +60,11 @@ func NATSServerBinary(tb testing.TB) string {
 // servers advertise no route or client address of their own, so nothing
 // bypasses the relays.
 //
-// Its methods are called from the test goroutine.
+// Its methods may be called from any goroutine.
 type NATSCluster struct {
 	t     testing.TB
 	bin   string
+	mu    sync.Mutex // serializes Start, Kill and reads of which nodes run
 	Nodes []*NATSNode
 }
 
@@ -170,6 +171,8 @@ func (c *NATSCluster) Connect(opts ...nats.Option) *nats.Conn {
 // Start starts node i (again), on the same store.
 func (c *NATSCluster) Start(i int) {
 	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := c.Nodes[i]
 	if n.cmd != nil {
 		return
@@ -195,6 +198,8 @@ func (c *NATSCluster) Start(i int) {
 
 // Kill kills node i with SIGKILL and waits until it is gone.
 func (c *NATSCluster) Kill(i int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	n := c.Nodes[i]
 	if n.cmd == nil {
 		return
@@ -205,7 +210,11 @@ func (c *NATSCluster) Kill(i int) {
 }
 
 // Running reports whether node i runs.
-func (c *NATSCluster) Running(i int) bool { return c.Nodes[i].cmd != nil }
+func (c *NATSCluster) Running(i int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Nodes[i].cmd != nil
+}
 
 // Isolate cuts node i off from every other node and every client.
 func (c *NATSCluster) Isolate(i int) {
@@ -240,8 +249,8 @@ func (c *NATSCluster) MetaLeader() (int, error) { return c.metaLeader(false) }
 
 func (c *NATSCluster) metaLeader(allCurrent bool) (int, error) {
 	var errs []error
-	for _, n := range c.Nodes {
-		if n.cmd == nil {
+	for i, n := range c.Nodes {
+		if !c.Running(i) {
 			continue
 		}
 		var jsz struct {
@@ -268,7 +277,7 @@ func (c *NATSCluster) metaLeader(allCurrent bool) (int, error) {
 		if allCurrent {
 			current := 1
 			for _, p := range jsz.Meta.Replicas {
-				if i := c.Index(p.Name); i >= 0 && c.Nodes[i].cmd != nil && p.Current {
+				if i := c.Index(p.Name); i >= 0 && c.Running(i) && p.Current {
 					current++
 				}
 			}
@@ -284,8 +293,8 @@ func (c *NATSCluster) metaLeader(allCurrent bool) (int, error) {
 
 func (c *NATSCluster) running() int {
 	n := 0
-	for _, node := range c.Nodes {
-		if node.cmd != nil {
+	for i := range c.Nodes {
+		if c.Running(i) {
 			n++
 		}
 	}
