@@ -226,33 +226,38 @@ func TestRefusedRequestsCountAsErrors(t *testing.T) {
 		t.Errorf("status of nojob: headers %q %q", code, desc)
 	}
 
-	reply, err := f.nc.Request("$SRV.STATS."+subjects.ServiceName, nil, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stats micro.Stats
-	if err := json.Unmarshal(reply.Data, &stats); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]micro.EndpointStats{}
-	for _, e := range stats.Endpoints {
-		got[e.Name] = *e
-	}
-	for _, c := range []struct {
-		endpoint           string
-		requests, errors   int
-		lastErrorCodeStart string
-	}{
-		{subjects.APIJobSubmit, refused, refused, "305:unknown_operator: "},
-		{subjects.APISavepoint, 2, 2, `300:unknown_job: no job named "other"`},
-		{subjects.APIJobStatus, 1, 1, "300:unknown_job: "},
-	} {
-		e := got[strings.ReplaceAll(c.endpoint, ".", "_")]
-		if e.NumRequests != c.requests || e.NumErrors != c.errors || !strings.HasPrefix(e.LastError, c.lastErrorCodeStart) {
-			t.Errorf("%s: %d requests, %d errors, last %q; want %d, %d, %q...", c.endpoint, e.NumRequests, e.NumErrors, e.LastError,
-				c.requests, c.errors, c.lastErrorCodeStart)
+	// The service counts a request once its handler has returned, which
+	// is after the reply was sent: poll.
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		reply, err := f.nc.Request("$SRV.STATS."+subjects.ServiceName, nil, 5*time.Second)
+		if err != nil {
+			return err
 		}
-	}
+		var stats micro.Stats
+		if err := json.Unmarshal(reply.Data, &stats); err != nil {
+			return err
+		}
+		got := map[string]micro.EndpointStats{}
+		for _, e := range stats.Endpoints {
+			got[e.Name] = *e
+		}
+		for _, c := range []struct {
+			endpoint         string
+			requests, errors int
+			lastErrorStart   string
+		}{
+			{subjects.APIJobSubmit, refused, refused, "305:unknown_operator: "},
+			{subjects.APISavepoint, 2, 2, `300:unknown_job: no job named "other"`},
+			{subjects.APIJobStatus, 1, 1, "300:unknown_job: "},
+		} {
+			e := got[strings.ReplaceAll(c.endpoint, ".", "_")]
+			if e.NumRequests != c.requests || e.NumErrors != c.errors || !strings.HasPrefix(e.LastError, c.lastErrorStart) {
+				return fmt.Errorf("%s: %d requests, %d errors, last %q; want %d, %d, %q...", c.endpoint, e.NumRequests, e.NumErrors, e.LastError,
+					c.requests, c.errors, c.lastErrorStart)
+			}
+		}
+		return nil
+	})
 }
 
 // A natscli context points the command line at the fleet: by name, as
