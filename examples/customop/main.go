@@ -3,7 +3,12 @@
 // with the flags of `flotilla worker`, then submit a job whose operator
 // type is "maxlen":
 //
-//	go run ./examples/customop -store file:///var/lib/flotilla/store -slots 2
+//	cd examples/customop
+//	go run . -store file:///var/lib/flotilla/store -slots 2
+//
+// It is a module of its own, as a worker of yours would be: its go.mod
+// requires github.com/flotilla-io/flotilla (and, inside this repository
+// only, replaces it with the checkout around it).
 package main
 
 import (
