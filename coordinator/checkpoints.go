@@ -2,10 +2,14 @@ package coordinator
 
 import (
 	"bytes"
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -36,7 +40,18 @@ func (c *Coordinator) doCC(job string, acts []checkpoint.Action, now time.Time) 
 		case checkpoint.WriteMetadata:
 			r := a.Record
 			go func() {
+				// The objects are checked while the metadata is written: a
+				// metadata object of a checkpoint that then aborts belongs
+				// to nothing (only the commit completes a checkpoint) and is
+				// overwritten or swept.
+				start := time.Now()
+				verified := make(chan error, 1)
+				go func() { verified <- c.verifyObjects(r) }()
 				err := c.writeMetadata(r)
+				wrote := time.Since(start)
+				err = cmp.Or(<-verified, err)
+				c.log.Debug("checkpoint objects verified", "job", job, "id", r.ID, "objects", countObjects(r),
+					"metadata_write", wrote, "with_verification", time.Since(start), "err", err)
 				c.enqueue(func(now time.Time) {
 					if e := c.jobs[job]; e != nil && e.cc != nil {
 						c.doCC(job, e.cc.MetadataWritten(r.ID, err, now), now)
@@ -127,6 +142,140 @@ func (c *Coordinator) publish(subject string, m subjects.Message) {
 	if err := c.nc.Publish(subject, subjects.MustEncode(m)); err != nil {
 		c.log.Warn("publish", "subject", subject, "err", err)
 	}
+}
+
+// verifyConcurrency bounds the store requests verifyObjects has in flight.
+const verifyConcurrency = 16
+
+// verifyListMin is the number of objects of one directory to check from
+// which verifyObjects lists the directory (one request per 1,000 objects in
+// it) instead of asking for each object.
+const verifyListMin = 4
+
+// countObjects returns the number of distinct objects r's handles name.
+func countObjects(r subjects.CheckpointRecord) int {
+	seen := map[string]bool{}
+	for _, t := range r.Tasks {
+		for _, f := range t.Handle.Files {
+			seen[f] = true
+		}
+	}
+	return len(seen)
+}
+
+// listPrefix is the prefix under which verifyObjects looks for object f of
+// a checkpoint at location: the location itself for the checkpoint's own
+// files, and otherwise f's directory and the part of its name up to the
+// first '-', which for a shared file is the DB instance that uploaded it
+// (statebackend names them "<instance>-<attempt>-<file>"), so that a
+// listing returns little besides the files of one task.
+func listPrefix(location, f string) string {
+	if strings.HasPrefix(f, location+"/") {
+		return location + "/"
+	}
+	dir, name := path.Split(f)
+	if i := strings.IndexByte(name, '-'); i > 0 {
+		return dir + name[:i+1]
+	}
+	return dir
+}
+
+// verifyObjects checks, before a checkpoint is committed, that the store
+// holds every object r's handles name, with the size the handle gives
+// (handles of older builds give none: then only that it exists). So an ack
+// with a forged or stale handle, or one naming a shared file that was
+// deleted behind the task's back, never completes a checkpoint: a
+// *checkpoint.MissingObjectsError names what is missing, and the abort
+// tells the tasks, which upload those files again.
+//
+// Objects are grouped by listPrefix: a group of verifyListMin or more is
+// listed, the others are asked for one by one (Stat), verifyConcurrency
+// requests at a time, within RequestTimeout.
+func (c *Coordinator) verifyObjects(r subjects.CheckpointRecord) error {
+	want := map[string]int64{} // key -> size, -1: not given
+	dirs := map[string][]string{}
+	for _, t := range r.Tasks {
+		h := t.Handle
+		for i, f := range h.Files {
+			if _, dup := want[f]; dup {
+				continue
+			}
+			want[f] = -1
+			if len(h.Sizes) == len(h.Files) {
+				want[f] = h.Sizes[i]
+			}
+			dirs[listPrefix(r.Location, f)] = append(dirs[listPrefix(r.Location, f)], f)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+	defer cancel()
+	var (
+		mu      sync.Mutex
+		found   = map[string]int64{}
+		failed  error
+		work    = make(chan func() ([]objectstore.ObjectInfo, error))
+		workers sync.WaitGroup
+	)
+	for range verifyConcurrency {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for f := range work {
+				infos, err := f()
+				mu.Lock()
+				switch {
+				case err == nil:
+					for _, o := range infos {
+						found[o.Key] = o.Size
+					}
+				case !errors.Is(err, objectstore.ErrNotFound):
+					failed = cmp.Or(failed, err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, dir := range sortedKeys(dirs) {
+		if keys := dirs[dir]; len(keys) < verifyListMin {
+			for _, k := range keys {
+				work <- func() ([]objectstore.ObjectInfo, error) {
+					o, err := c.cfg.Store.Stat(ctx, k)
+					return []objectstore.ObjectInfo{o}, err
+				}
+			}
+			continue
+		}
+		work <- func() ([]objectstore.ObjectInfo, error) { return c.cfg.Store.List(ctx, dir) }
+	}
+	close(work)
+	workers.Wait()
+	if failed != nil {
+		return fmt.Errorf("checking the objects of %s %d: %w", r.Kind, r.ID, failed)
+	}
+	missing := &checkpoint.MissingObjectsError{}
+	for _, k := range sortedKeys(want) {
+		size, ok := found[k]
+		detail := ""
+		switch {
+		case !ok:
+			detail = k + ": absent"
+		case want[k] >= 0 && size != want[k]:
+			detail = fmt.Sprintf("%s: %d bytes, acked %d", k, size, want[k])
+		default:
+			continue
+		}
+		missing.Total++
+		if len(missing.Keys) < checkpoint.MaxMissing {
+			missing.Keys = append(missing.Keys, k)
+		}
+		if len(missing.Details) < 3 {
+			missing.Details = append(missing.Details, detail)
+		}
+	}
+	if missing.Total > 0 {
+		return missing
+	}
+	return nil
 }
 
 // writeMetadata writes a checkpoint's _metadata object. It overwrites: a

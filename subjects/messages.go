@@ -420,6 +420,10 @@ type Abort struct {
 	Job        string `json:"job"`
 	Checkpoint uint64 `json:"checkpoint"`
 	Reason     *Error `json:"reason,omitempty"`
+	// Missing names objects the acks referenced that the store does not
+	// hold (or holds with another size): a task must never name them again
+	// and uploads their files anew.
+	Missing []string `json:"missing,omitempty"`
 }
 
 func (*Abort) MsgType() Type { return TypeAbort }

@@ -194,7 +194,7 @@ func (t *task) complete(c *subjects.Complete) {
 }
 
 // abort gives up a checkpoint: its upload is canceled and nothing it
-// uploaded is ever shared.
+// uploaded is ever shared, nor any object the coordinator found missing.
 func (t *task) abort(a *subjects.Abort) {
 	if a.Epoch < t.epoch {
 		return
@@ -204,6 +204,13 @@ func (t *task) abort(a *subjects.Abort) {
 		delete(t.ckpts, a.Checkpoint)
 	}
 	t.be.SnapshotAborted(a.Checkpoint)
+	if len(a.Missing) > 0 {
+		// Objects this task may name are gone from the store: upload their
+		// files again rather than name them in every later checkpoint.
+		t.be.ForgetObjects(a.Missing)
+		t.log.Warn("checkpoint objects missing from the store; their files will be uploaded again",
+			"checkpoint", a.Checkpoint, "missing", len(a.Missing))
+	}
 }
 
 func (t *task) decline(b *subjects.Barrier, reason *subjects.Error) {

@@ -24,6 +24,7 @@
 package checkpoint
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -40,8 +41,10 @@ type Action interface{ isAction() }
 // SendBarrier: publish Barrier on subjects.Barrier(job).
 type SendBarrier struct{ Barrier subjects.Barrier }
 
-// WriteMetadata: put Record (encoded) as MetadataKey(Record.Location), then
-// call MetadataWritten.
+// WriteMetadata: check that every object Record's handles name is in the
+// store with the size they give (a *MissingObjectsError otherwise), then
+// put Record (encoded) as MetadataKey(Record.Location), then call
+// MetadataWritten.
 type WriteMetadata struct{ Record subjects.CheckpointRecord }
 
 // Commit: commit Record to JetStream with compare-and-set on the job's
@@ -347,6 +350,15 @@ func (c *Coordinator) MetadataWritten(id uint64, err error, now time.Time) []Act
 	p := c.pending[id]
 	if p == nil || p.phase != writingMetadata {
 		return nil
+	}
+	var missing *MissingObjectsError
+	if errors.As(err, &missing) {
+		acts := c.abort(p, subjects.Errorf(subjects.CodeMissingObject, "%s %d: %v", p.kind, id, missing), true, now)
+		if a, ok := acts[0].(NotifyAbort); ok {
+			a.Abort.Missing = missing.Keys
+			acts[0] = a
+		}
+		return acts
 	}
 	if err != nil {
 		return c.abort(p, subjects.Errorf(subjects.CodeStorageUnavailable, "writing metadata of %s %d: %v", p.kind, id, err), true, now)

@@ -21,7 +21,7 @@ import (
 //	tick 10s [running]            advance the clock; "running" = every task runs (attempt 1, on worker w)
 //	ack 3 task=0 [attempt=1] [worker=w] [range=0-3] [files=a,b]
 //	decline 3 task=0 [worker=w]
-//	metadata 3 [err]              the metadata write finished
+//	metadata 3 [err] [missing=k1,k2] the metadata write finished (or found objects missing)
 //	commit 3 [err]                the JetStream commit finished
 //	task-failed 0
 //	savepoint id=9 [stop] [format=native]
@@ -116,6 +116,10 @@ func TestScenarios(t *testing.T) {
 				if arg("err") != "" {
 					err = errors.New("injected failure")
 				}
+				if m := arg("missing"); m != "" {
+					keys := strings.Split(m, ",")
+					err = &MissingObjectsError{Keys: keys, Total: len(keys), Details: []string{keys[0] + ": absent"}}
+				}
 				if d.Cmd == "metadata" {
 					return format(c.MetadataWritten(id(), err, now))
 				}
@@ -164,6 +168,9 @@ func format(acts []Action) string {
 			fmt.Fprintf(&b, "complete %s %d\n", a.Complete.Kind, a.Complete.Checkpoint)
 		case NotifyAbort:
 			fmt.Fprintf(&b, "abort %s %d: %s: %s\n", a.Kind, a.Abort.Checkpoint, a.Abort.Reason.Code, a.Abort.Reason.Message)
+			if len(a.Abort.Missing) > 0 {
+				fmt.Fprintf(&b, "  missing %s\n", strings.Join(a.Abort.Missing, " "))
+			}
 		case SavepointDone:
 			if a.Result.Error != nil {
 				fmt.Fprintf(&b, "savepoint-done request=%d error %s: %s\n", a.Request, a.Result.Error.Code, a.Result.Error.Message)
