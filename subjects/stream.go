@@ -148,6 +148,21 @@ func OutputMsgID(job string, group int, seq uint64, n int) string {
 	return id
 }
 
+// TimerOutputMsgID returns the Nats-Msg-Id of output n (0-based) of the
+// timer at unix nanoseconds at of key key in key group group of job:
+// "<job>.<group>.<key>.t<at>" for the first output and
+// "<job>.<group>.<key>.t<at>.<n>" for later ones. A key is one subject
+// token (no dots), so these never collide with OutputMsgID's. It is
+// deterministic, so that a timer fired again after a restore publishes
+// under the same ids.
+func TimerOutputMsgID(job string, group int, key string, at int64, n int) string {
+	id := job + "." + strconv.Itoa(group) + "." + key + ".t" + strconv.FormatInt(at, 10)
+	if n > 0 {
+		id += "." + strconv.Itoa(n)
+	}
+	return id
+}
+
 // Headers of a dead-lettered event (SinkSpec.DeadLetter). The message's
 // body is the event's body, unchanged.
 const (

@@ -37,24 +37,39 @@ func BenchmarkApply(b *testing.B) {
 	}
 }
 
-func benchApply(b *testing.B, keys int, baseline bool) {
-	const m = keygroup.DefaultMaxParallelism
-	all := keygroup.Range{Start: 0, End: m - 1}
-	be, err := statebackend.Open(b.TempDir(), statebackend.Options{MaxParallelism: m, KeyGroups: all})
-	if err != nil {
-		b.Fatal(err)
+// newLocalTask returns a task over a fresh backend for groups rng (or the
+// backend be, if not nil) that applies events and fires timers without NATS:
+// its outputs are dropped by a sink without subjects.
+func newLocalTask(tb testing.TB, op Operator, m int, rng keygroup.Range, be *statebackend.Backend) *task {
+	tb.Helper()
+	if be == nil {
+		var err error
+		if be, err = statebackend.Open(tb.TempDir(), statebackend.Options{MaxParallelism: m, KeyGroups: rng}); err != nil {
+			tb.Fatal(err)
+		}
 	}
-	defer be.Close()
 	t := &task{
-		spec: subjects.JobSpec{Name: "bench", Operator: subjects.OperatorSpec{Type: "count"}},
-		rng:  all, m: m, op: countOp{}, be: be, log: slog.New(slog.DiscardHandler),
+		spec: subjects.JobSpec{Name: "local", Operator: subjects.OperatorSpec{Type: "local"}},
+		rng:  rng, m: m, op: op, be: be, log: slog.New(slog.DiscardHandler),
 		sink: &sink{stored: map[string]bool{}},
 	}
 	t.batch = be.NewBatch()
-	defer t.batch.Close()
 	t.cache = newStateCache(t.batch, DefaultStateCacheEntries, DefaultStateCacheBytes)
 	t.octx.st, t.octx.out = t.cache, &t.outs
+	t.octx.clock, t.octx.timers = &t.clock, &t.timers
+	if err := loadTimers(&t.timers, be); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = t.batch.Close()
+		_ = be.Close()
+	})
+	return t
+}
 
+func benchApply(b *testing.B, keys int, baseline bool) {
+	const m = keygroup.DefaultMaxParallelism
+	t := newLocalTask(b, countOp{}, m, keygroup.Range{Start: 0, End: m - 1}, nil)
 	// Events as the reader goroutine decodes them.
 	r := rand.New(rand.NewPCG(1, 2))
 	evs := make([]inputEvent, 1<<16)

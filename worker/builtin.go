@@ -21,9 +21,10 @@ import (
 //	latest  the key's newest event body (JSON as is, anything else as a JSON string)
 //	dedupe  the key's first event body; emits that first event unchanged, and nothing for later ones
 //	window  tumbling windows of the spec's size on the events' JetStream timestamps: the
-//	        open window {"start", "end", "count"[, "sum"]}; an event of a later window
-//	        emits the closed window and opens a new one. A late event (older than the
-//	        open window) counts in the open window.
+//	        latest window {"start", "end", "count"[, "sum"][, "closed"]}; a window is
+//	        closed and emitted by a processing-time timer at its end once the input has
+//	        passed it, or earlier by an event of a later window. An event of a closed
+//	        window is late: skipped (ErrLateEvent).
 func init() {
 	Register("count", func(subjects.OperatorSpec) (Operator, error) { return countOp{}, nil })
 	Register("sum", newSum)
@@ -200,14 +201,20 @@ type windowOp struct {
 	sum  []string // nil: count
 }
 
-// windowState is a window's value.
+// windowState is a key's latest window: the open one, or the last closed.
 type windowState struct {
 	Start time.Time `json:"start"`
 	End   time.Time `json:"end"`
 	Count int64     `json:"count"`
 	// Sum is the exact sum (see sumOp) for aggregate "sum".
 	Sum json.Number `json:"sum,omitempty"`
+	// Closed is set once the window has been emitted.
+	Closed bool `json:"closed,omitempty"`
 }
+
+// ErrLateEvent marks an event whose window has closed already (it also
+// wraps ErrBadEvent: the event is skipped, counted and dead-lettered).
+var ErrLateEvent = errors.New("worker: late event")
 
 func newWindow(spec subjects.OperatorSpec) (Operator, error) {
 	if spec.Size <= 0 {
@@ -238,6 +245,33 @@ func windowStart(t time.Time, d time.Duration) time.Time {
 	return time.Unix(0, ns-m).UTC()
 }
 
+// window returns the key's latest window, if any.
+func (o windowOp) window(ctx *Context) (w windowState, found bool, err error) {
+	v, found, err := ctx.Get(ValueState)
+	if err != nil || !found {
+		return w, false, err
+	}
+	if err := json.Unmarshal(v, &w); err != nil {
+		return w, false, fmt.Errorf("window: stored value %q: %w", v, err)
+	}
+	return w, true, nil
+}
+
+// close stores w as closed and emits it, under the id of the key's timer at
+// the window's end, whether the timer or a later event closes it.
+func (o windowOp) close(ctx *Context, w windowState) error {
+	w.Closed = true
+	b, err := json.Marshal(w)
+	if err != nil {
+		return fmt.Errorf("window: %w", err)
+	}
+	if err := ctx.Put(ValueState, b); err != nil {
+		return err
+	}
+	ctx.emitResultAt(w.End, b)
+	return nil
+}
+
 func (o windowOp) Process(ctx *Context, ev Event) error {
 	var x num
 	if o.sum != nil {
@@ -247,21 +281,27 @@ func (o windowOp) Process(ctx *Context, ev Event) error {
 		}
 	}
 	start := windowStart(ev.Time, o.size)
-	var w windowState
-	v, found, err := ctx.Get(ValueState)
+	w, found, err := o.window(ctx)
 	if err != nil {
 		return err
 	}
-	if found {
-		if err := json.Unmarshal(v, &w); err != nil {
-			return fmt.Errorf("window: stored value %q: %w", v, err)
-		}
-	}
-	if !found || start.After(w.Start) {
-		if found {
-			ctx.emitResult(v)
+	switch {
+	case found && (start.Before(w.Start) || w.Closed && start.Equal(w.Start)):
+		return fmt.Errorf("%w: %w: its window [%s, %s) has closed", ErrBadEvent, ErrLateEvent,
+			start.Format(time.RFC3339Nano), start.Add(o.size).Format(time.RFC3339Nano))
+	case !found || start.After(w.Start):
+		if found && !w.Closed {
+			if err := ctx.DeleteTimer(w.End); err != nil {
+				return err
+			}
+			if err := o.close(ctx, w); err != nil {
+				return err
+			}
 		}
 		w = windowState{Start: start, End: start.Add(o.size)}
+		if err := ctx.RegisterTimer(w.End); err != nil {
+			return err
+		}
 	}
 	if o.sum != nil {
 		var sum []byte
@@ -280,4 +320,19 @@ func (o windowOp) Process(ctx *Context, ev Event) error {
 		return fmt.Errorf("window: %w", err)
 	}
 	return ctx.Put(ValueState, b)
+}
+
+// OnTimer closes the key's open window once the task's input has passed its
+// end: windows close on time even when the key goes quiet. A timer that
+// finds the input behind the window's end (a task catching up on a backlog)
+// tries again a little later.
+func (o windowOp) OnTimer(ctx *Context, tm Timer) error {
+	w, found, err := o.window(ctx)
+	if err != nil || !found || w.Closed || tm.Time.Before(w.End) {
+		return err
+	}
+	if ctx.InputTime().Before(w.End) {
+		return ctx.RegisterTimer(ctx.Now().Add(min(o.size, time.Second)))
+	}
+	return o.close(ctx, w)
 }

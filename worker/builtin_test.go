@@ -203,14 +203,17 @@ func TestWindow(t *testing.T) {
 		{key: "a", body: `{"n":2}`, at: at(59 * time.Second)},
 		{key: "b", body: `{"n":5}`, at: at(30 * time.Second)},
 		{key: "a", body: `{"n":4}`, at: at(61 * time.Second)}, // closes a's first window
-		{key: "a", body: `{"n":8}`, at: at(50 * time.Second)}, // late: counts in the open window
+		{key: "a", body: `{"n":8}`, at: at(50 * time.Second)}, // late: its window has closed
 		{key: "a", body: `{"n":16}`, at: at(200 * time.Second)},
 	}
 	outs, st := runOp(t, subjects.OperatorSpec{Type: "window", Size: subjects.Duration(time.Minute), Aggregate: "sum", Field: "n"}, evs)
 	for i, o := range outs {
-		if (i == 3 || i == 5) != (len(o) == 1) {
+		if (i == 3 || i == 4 || i == 5) != (len(o) == 1) {
 			t.Fatalf("event %d emitted %q", i, o)
 		}
+	}
+	if outs[4][0] != "bad" {
+		t.Errorf("late event: %q", outs[4])
 	}
 	var closed struct {
 		Key   string      `json:"key"`
@@ -219,16 +222,16 @@ func TestWindow(t *testing.T) {
 	if err := json.Unmarshal([]byte(outs[3][0]), &closed); err != nil {
 		t.Fatal(err)
 	}
-	if closed.Key != "a" || !closed.Value.Start.Equal(t0) || !closed.Value.End.Equal(at(time.Minute)) || closed.Value.Count != 2 || closed.Value.Sum != "3" {
+	if closed.Key != "a" || !closed.Value.Start.Equal(t0) || !closed.Value.End.Equal(at(time.Minute)) || closed.Value.Count != 2 || closed.Value.Sum != "3" || !closed.Value.Closed {
 		t.Errorf("first closed window %s", outs[3][0])
 	}
 	if err := json.Unmarshal([]byte(outs[5][0]), &closed); err != nil {
 		t.Fatal(err)
 	}
-	if closed.Value.Count != 2 || closed.Value.Sum != "12" || !closed.Value.Start.Equal(at(time.Minute)) {
+	if closed.Value.Count != 1 || closed.Value.Sum != "4" || !closed.Value.Start.Equal(at(time.Minute)) {
 		t.Errorf("second closed window %s", outs[5][0])
 	}
-	if v := value(t, st, "a"); !strings.Contains(v, `"count":1`) || !strings.Contains(v, `"sum":16`) {
+	if v := value(t, st, "a"); !strings.Contains(v, `"count":1`) || !strings.Contains(v, `"sum":16`) || strings.Contains(v, "closed") {
 		t.Errorf("open window of a: %s", v)
 	}
 	// Count windows, and determinism: the same events give the same outputs.

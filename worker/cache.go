@@ -105,7 +105,10 @@ func (c *stateCache) get(g int, state string, key []byte) ([]byte, bool, error) 
 		return nil, false, err
 	}
 	e := &c.entries[i]
-	return e.val, e.found, nil
+	if !e.found {
+		return nil, false, nil
+	}
+	return e.val, true, nil
 }
 
 func (c *stateCache) set(g int, state string, key, value []byte, found bool) error {

@@ -51,6 +51,9 @@ type Config struct {
 	// write-back cache before committing them to Pebble; state queries see
 	// committed state, so they lag by up to this. Zero means 100 ms.
 	FlushInterval time.Duration
+	// Clock is the tasks' processing time, which fires their timers; nil
+	// means the system clock.
+	Clock Clock
 	// StateCacheEntries and StateCacheBytes bound a task's write-back state
 	// cache; a task whose cache exceeds either commits at once and empties
 	// it. Zero means DefaultStateCacheEntries and DefaultStateCacheBytes.
@@ -124,6 +127,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.Clock == nil {
+		c.Clock = systemClock{}
 	}
 	if c.StateCacheEntries <= 0 {
 		c.StateCacheEntries = DefaultStateCacheEntries

@@ -89,16 +89,37 @@ type Context struct {
 	first int // out.recs index of this event's first output
 	nEmit int
 
-	// The event the outputs belong to, for their message ids.
-	seq uint64
+	// The event the outputs belong to, for their message ids; in OnTimer,
+	// inTimer is set and timerAt is the timer's time.
+	seq     uint64
+	inTimer bool
+	timerAt int64
+
+	clock  *taskClock
+	timers *timerQueue // nil: timers are only stored (NewContext)
 
 	scratch []byte // for built-in operators
+	tbuf    []byte // for timer lists
+}
+
+// taskClock is the time a task's operators see.
+type taskClock struct {
+	now time.Time // processing time, read from the Clock once per round
+	// input is the newest JetStream timestamp of the events applied, and
+	// caughtUp whether the last one read was the last in the input.
+	input    time.Time
+	caughtUp bool
 }
 
 // NewContext returns a Context over st for key, for testing operators
-// without a task.
-func NewContext(st KeyedState, key string) *Context {
-	c := &Context{st: storeAdapter{st}}
+// without a task; NewContextAt with the zero time.
+func NewContext(st KeyedState, key string) *Context { return NewContextAt(st, key, time.Time{}) }
+
+// NewContextAt returns a Context over st for key whose processing time (and
+// input time) is now, for testing operators without a task. Timers it
+// registers are stored in st under TimerState; nothing fires them.
+func NewContextAt(st KeyedState, key string, now time.Time) *Context {
+	c := &Context{st: storeAdapter{st}, clock: &taskClock{now: now, input: now, caughtUp: true}}
 	c.reset(key, 0, 0)
 	return c
 }
@@ -106,6 +127,7 @@ func NewContext(st KeyedState, key string) *Context {
 // reset points the context at a new event and clears its outputs.
 func (c *Context) reset(key string, group int, seq uint64) {
 	c.key, c.group, c.seq = key, group, seq
+	c.inTimer = false
 	c.kb = append(c.kb[:0], key...)
 	c.emits = c.emits[:0]
 	c.nEmit = 0
@@ -119,19 +141,89 @@ func (c *Context) Key() string { return c.key }
 
 // Get returns the current key's value in value state `state`; found is false
 // if it has none. The returned slice is valid until the next call on the
-// Context that reads or writes state; copy it to keep it.
+// Context that reads or writes state; copy it to keep it. State names
+// starting with '$' are reserved.
 func (c *Context) Get(state string) (value []byte, found bool, err error) {
+	if reservedState(state) {
+		return nil, false, errReservedState
+	}
 	return c.st.get(c.group, state, c.kb)
 }
 
 // Put sets the current key's value in value state `state`. The Context
 // copies value.
 func (c *Context) Put(state string, value []byte) error {
+	if reservedState(state) {
+		return errReservedState
+	}
 	return c.st.put(c.group, state, c.kb, value)
 }
 
 // Delete removes the current key's value from value state `state`.
-func (c *Context) Delete(state string) error { return c.st.del(c.group, state, c.kb) }
+func (c *Context) Delete(state string) error {
+	if reservedState(state) {
+		return errReservedState
+	}
+	return c.st.del(c.group, state, c.kb)
+}
+
+// Now returns the task's processing time: its Clock, read once per round
+// of events and once before due timers fire.
+func (c *Context) Now() time.Time { return c.clock.now }
+
+// InputTime returns how far the task's input has progressed, in JetStream
+// time: the timestamp of the newest event applied, or Now once the task has
+// applied everything its input held when it last read. An operator that
+// assigns events to windows by Event.Time can close a window ending at t
+// once InputTime is past t: no event of it is still unread.
+func (c *Context) InputTime() time.Time {
+	if c.clock.caughtUp && c.clock.now.After(c.clock.input) {
+		return c.clock.now
+	}
+	return c.clock.input
+}
+
+// RegisterTimer registers a processing-time timer for the current key at
+// at: OnTimer (the operator must be a TimerOperator) is called for the key
+// once the task's clock reaches at. A key has at most one timer per time;
+// registering it again changes nothing.
+func (c *Context) RegisterTimer(at time.Time) error {
+	_, err := c.editTimer(ProcessingTime, at.UnixNano(), true)
+	return err
+}
+
+// DeleteTimer deletes the current key's processing-time timer at at, if
+// any.
+func (c *Context) DeleteTimer(at time.Time) error {
+	_, err := c.editTimer(ProcessingTime, at.UnixNano(), false)
+	return err
+}
+
+// editTimer adds or removes the current key's timer (d, at) and reports
+// whether that changed anything.
+func (c *Context) editTimer(d TimeDomain, at int64, add bool) (bool, error) {
+	v, _, err := c.st.get(c.group, TimerState, c.kb)
+	if err != nil {
+		return false, err
+	}
+	nv, changed, err := editTimers(c.tbuf, v, d, at, add)
+	if err != nil || !changed {
+		return false, err
+	}
+	c.tbuf = nv
+	if len(nv) == 1 {
+		err = c.st.del(c.group, TimerState, c.kb)
+	} else {
+		err = c.st.put(c.group, TimerState, c.kb, nv)
+	}
+	if err != nil {
+		return false, err
+	}
+	if add && c.timers != nil {
+		c.timers.add(timerRef{at: at, domain: d, group: c.group, key: c.key})
+	}
+	return true, nil
+}
 
 // AddInt64 adds delta to the current key's counter in counter state `state`
 // and returns the new value. Counters live apart from value states of the
@@ -155,8 +247,30 @@ func (c *Context) Emit(value []byte) {
 		c.nEmit++
 		return
 	}
-	c.out.add(c.group, c.seq, c.nEmit, value)
+	c.out.add(c.outID(c.nEmit), value)
 	c.nEmit++
+}
+
+// EmitAt is Emit under the id of an output of the current key's
+// processing-time timer at `at` (subjects.TimerOutputMsgID with index 0),
+// whether or not such a timer fires. It is for an output that may be
+// produced either early, by an event, or on time, by a timer: a replay
+// that takes the other path publishes the same id. Use it at most once per
+// key and time.
+func (c *Context) EmitAt(at time.Time, value []byte) {
+	if c.out == nil {
+		c.Emit(value)
+		return
+	}
+	c.out.add(outID{group: c.group, key: c.key, timer: true, seq: uint64(at.UnixNano())}, value)
+}
+
+// outID returns the id parts of output n of the current event or timer.
+func (c *Context) outID(n int) outID {
+	if c.inTimer {
+		return outID{group: c.group, key: c.key, timer: true, seq: uint64(c.timerAt), n: n}
+	}
+	return outID{group: c.group, seq: c.seq, n: n}
 }
 
 // emitResult emits {"key": <key>, "value": <v>} (v is JSON), building it in
@@ -166,8 +280,17 @@ func (c *Context) emitResult(v []byte) {
 		c.Emit(result(c.key, v))
 		return
 	}
-	c.out.addResult(c.group, c.seq, c.nEmit, c.key, v)
+	c.out.addResult(c.outID(c.nEmit), c.key, v)
 	c.nEmit++
+}
+
+// emitResultAt is emitResult under EmitAt's id.
+func (c *Context) emitResultAt(at time.Time, v []byte) {
+	if c.out == nil {
+		c.Emit(result(c.key, v))
+		return
+	}
+	c.out.addResult(outID{group: c.group, key: c.key, timer: true, seq: uint64(at.UnixNano())}, c.key, v)
 }
 
 // dropEmitted discards this event's outputs (a skipped event).

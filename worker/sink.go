@@ -279,28 +279,44 @@ type outputs struct {
 	recs []outRec
 }
 
+// outID is what an output's message id is made of: the event's group,
+// stream sequence and output index, or for a timer's output its group,
+// key, time (seq) and index.
+type outID struct {
+	group int
+	seq   uint64
+	n     int
+	timer bool
+	key   string
+}
+
+func (id outID) msgID(job string) string {
+	if id.timer {
+		return subjects.TimerOutputMsgID(job, id.group, id.key, int64(id.seq), id.n)
+	}
+	return subjects.OutputMsgID(job, id.group, id.seq, id.n)
+}
+
 type outRec struct {
-	group    int
-	seq      uint64
-	n        int
+	outID
 	off, end int
 }
 
-func (o *outputs) add(g int, seq uint64, n int, v []byte) {
+func (o *outputs) add(id outID, v []byte) {
 	off := len(o.buf)
 	o.buf = append(o.buf, v...)
-	o.recs = append(o.recs, outRec{group: g, seq: seq, n: n, off: off, end: len(o.buf)})
+	o.recs = append(o.recs, outRec{outID: id, off: off, end: len(o.buf)})
 }
 
 // addResult adds {"key": key, "value": v}, v being JSON.
-func (o *outputs) addResult(g int, seq uint64, n int, key string, v []byte) {
+func (o *outputs) addResult(id outID, key string, v []byte) {
 	off := len(o.buf)
 	o.buf = append(o.buf, `{"key":`...)
 	o.buf = appendJSONString(o.buf, key)
 	o.buf = append(o.buf, `,"value":`...)
 	o.buf = append(o.buf, v...)
 	o.buf = append(o.buf, '}')
-	o.recs = append(o.recs, outRec{group: g, seq: seq, n: n, off: off, end: len(o.buf)})
+	o.recs = append(o.recs, outRec{outID: id, off: off, end: len(o.buf)})
 }
 
 // truncate drops the outputs from index i on.
@@ -333,7 +349,7 @@ func (o *outputs) publishAll(ctx context.Context, s *sink, subject, job string) 
 	bodies := bytes.Clone(o.buf)
 	for _, r := range o.recs {
 		m := &nats.Msg{Subject: subject, Data: bodies[r.off:r.end:r.end],
-			Header: nats.Header{nats.MsgIdHdr: []string{subjects.OutputMsgID(job, r.group, r.seq, r.n)}}}
+			Header: nats.Header{nats.MsgIdHdr: []string{r.msgID(job)}}}
 		if err := s.publish(ctx, m); err != nil {
 			return err
 		}

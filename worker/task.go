@@ -63,6 +63,8 @@ type task struct {
 	batch    *statebackend.Batch
 	cache    *stateCache
 	octx     Context
+	clock    taskClock
+	timers   timerQueue
 	outs     outputs     // outputs not yet handed to the sink
 	pending  []*nats.Msg // dead letters not yet handed to the sink
 	n        int         // events applied since the last commit
@@ -179,6 +181,10 @@ func (t *task) execute() (err error) {
 	t.cache = newStateCache(t.batch, t.w.cfg.StateCacheEntries, t.w.cfg.StateCacheBytes)
 	t.octx.st = t.cache
 	t.octx.out = &t.outs
+	t.octx.clock, t.octx.timers = &t.clock, &t.timers
+	if err := loadTimers(&t.timers, t.be); err != nil {
+		return subjects.Errorf(subjects.CodeCorruptState, "load timers: %v", err)
+	}
 
 	t.w.taskStateChanged(t, subjects.TaskRunning, nil)
 	t.log.Info("task running", "range", t.rng.String(), "restored", len(t.restore) > 0)
@@ -430,6 +436,7 @@ type inputEvent struct {
 	seq     uint64 // stream sequence
 	time    time.Time
 	data    []byte
+	pending uint64 // messages left in the input after this one
 	// err is why the event is unusable (a malformed subject, no key, a
 	// key filed under the wrong group); what says what was wrong. An
 	// event without a group has group -1.
@@ -445,7 +452,7 @@ func (t *task) decode(m jetstream.Msg) inputEvent {
 		ev.err, ev.what = err, "event without JetStream metadata"
 		return ev
 	}
-	ev.seq, ev.time = meta.Sequence.Stream, meta.Timestamp
+	ev.seq, ev.time, ev.pending = meta.Sequence.Stream, meta.Timestamp, meta.NumPending
 	g, orig, err := subjects.ParseKeyedSubject(ev.subject)
 	if err != nil {
 		ev.err, ev.what = err, "event with a malformed subject"
@@ -473,7 +480,10 @@ func (t *task) loop(msgs <-chan inputEvent, inputErr <-chan error) error {
 	flush := time.NewTimer(time.Hour)
 	flush.Stop()
 	armed := false
+	wake := time.NewTimer(time.Hour) // the earliest timer is due
+	defer wake.Stop()
 	for {
+		t.armWake(wake)
 		select {
 		case <-t.ctx.Done():
 			return context.Cause(t.ctx)
@@ -482,6 +492,7 @@ func (t *task) loop(msgs <-chan inputEvent, inputErr <-chan error) error {
 		case <-t.sink.failed:
 			return t.sink.err()
 		case ev := <-msgs:
+			t.clock.now = t.w.cfg.Clock.Now()
 			if err := t.apply(&ev); err != nil {
 				return err
 			}
@@ -496,28 +507,90 @@ func (t *task) loop(msgs <-chan inputEvent, inputErr <-chan error) error {
 					break more
 				}
 			}
-			if t.cache.full() {
-				if err := t.commit(); err != nil {
-					return err
-				}
-				continue
-			}
-			if err := t.publishOutputs(); err != nil {
-				return err
-			}
-			if !armed && t.n > 0 {
-				flush.Reset(t.w.cfg.FlushInterval)
-				armed = true
-			}
+		case <-wake.C:
+			t.clock.now = t.w.cfg.Clock.Now()
 		case <-flush.C:
 			armed = false
 			if err := t.commit(); err != nil {
 				return err
 			}
+			continue
 		case m := <-t.ctl:
 			if err := t.control(m); err != nil {
 				return err
 			}
+			continue
+		}
+		// After a round of events or a wake-up: fire due timers, then
+		// publish, and commit when due.
+		if err := t.fireTimers(); err != nil {
+			return err
+		}
+		if t.cache.full() {
+			if err := t.commit(); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := t.publishOutputs(); err != nil {
+			return err
+		}
+		if !armed && t.n > 0 {
+			flush.Reset(t.w.cfg.FlushInterval)
+			armed = true
+		}
+	}
+}
+
+// timerPoll bounds how long the loop sleeps towards the earliest timer, so
+// that a Clock that is not the wall clock (a test's) is read again soon.
+const timerPoll = time.Second
+
+// armWake sets wake to fire when the earliest timer is due.
+func (t *task) armWake(wake *time.Timer) {
+	next, ok := t.timers.next()
+	if !ok {
+		wake.Stop()
+		return
+	}
+	d := time.Duration(next - t.w.cfg.Clock.Now().UnixNano())
+	wake.Reset(min(max(d, 0), timerPoll))
+}
+
+// fireTimers calls OnTimer for every timer due at the task's current time,
+// earliest first. Each firing removes the timer from its key's state in the
+// same commit as OnTimer's changes.
+func (t *task) fireTimers() error {
+	now := t.clock.now.UnixNano()
+	if next, ok := t.timers.next(); !ok || next > now {
+		return nil
+	}
+	op, _ := t.op.(TimerOperator)
+	for {
+		r, ok := t.timers.due(now)
+		if !ok {
+			return nil
+		}
+		t.octx.reset(r.key, r.group, 0)
+		t.octx.inTimer, t.octx.timerAt = true, r.at
+		removed, err := t.octx.editTimer(r.domain, r.at, false)
+		if err != nil {
+			return subjects.Errorf(subjects.CodeInternal, "timer of key %q: %v", r.key, err)
+		}
+		if !removed {
+			continue // deleted, or queued twice
+		}
+		t.n++
+		if op == nil {
+			continue
+		}
+		tm := Timer{Key: r.key, Group: r.group, Time: time.Unix(0, r.at).UTC(), Domain: r.domain}
+		if err := op.OnTimer(&t.octx, tm); err != nil {
+			t.octx.dropEmitted()
+			if !errors.Is(err, ErrBadEvent) {
+				return subjects.Errorf(subjects.CodeInternal, "operator %s: timer of key %q at %s: %v", t.spec.Operator.Type, r.key, tm.Time.Format(time.RFC3339Nano), err)
+			}
+			t.log.Warn("timer output dropped", "key", r.key, "at", tm.Time, "err", err)
 		}
 	}
 }
@@ -526,6 +599,10 @@ func (t *task) loop(msgs <-chan inputEvent, inputErr <-chan error) error {
 // outputs to t.outs and its group's applied mark to the batch.
 func (t *task) apply(ev *inputEvent) error {
 	t.position = max(t.position, ev.seq)
+	if ev.time.After(t.clock.input) {
+		t.clock.input = ev.time
+	}
+	t.clock.caughtUp = ev.pending == 0
 	if ev.group < 0 {
 		t.bad(ev.what, ev.subject, -1, ev.seq, ev.data, ev.err)
 		return nil
