@@ -84,7 +84,14 @@ type NATSNode struct {
 // until JetStream has a meta leader.
 func StartNATSCluster(tb testing.TB, n int) *NATSCluster {
 	tb.Helper()
-	c := &NATSCluster{t: tb, bin: NATSServerBinary(tb)}
+	return StartNATSClusterWith(tb, NATSServerBinary(tb), n)
+}
+
+// StartNATSClusterWith is StartNATSCluster with the nats-server binary at
+// bin.
+func StartNATSClusterWith(tb testing.TB, bin string, n int) *NATSCluster {
+	tb.Helper()
+	c := &NATSCluster{t: tb, bin: bin}
 	dir := tb.TempDir()
 	clientPorts, clusterPorts, httpPorts := freePorts(tb, n), freePorts(tb, n), freePorts(tb, n)
 	for i := 0; i < n; i++ {
@@ -326,6 +333,9 @@ func (c *NATSCluster) StreamLeader(ctx context.Context, js jetstream.JetStream, 
 	}
 	return c.Index(ci.Leader), nil
 }
+
+// LogPath returns the path of node i's log.
+func (c *NATSCluster) LogPath(i int) string { return c.Nodes[i].log }
 
 // Log returns node i's log, for failure messages.
 func (c *NATSCluster) Log(i int) string {

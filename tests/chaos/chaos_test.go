@@ -11,6 +11,13 @@
 // zombie that must be fenced); a savepoint requested during a failover; a
 // worker restarted while MinIO is down.
 //
+// TestChaosCluster runs the same on a three-node JetStream cluster
+// (testutil.NATSCluster: every connection through relays the harness
+// controls), every stream R3, with NATS-node faults instead of the single
+// server's: kill -9 of a node (the meta leader half the time), of the
+// checkpoint bucket's leader right after a checkpoint record was written,
+// a partition isolating a node, and two of three nodes down.
+//
 // At the end every key's state in both jobs is compared with the ground
 // truth derived from the source stream as stored, the sink streams with
 // the outputs that truth implies, and the run prints one line:
@@ -120,19 +127,29 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func TestChaos(t *testing.T) {
+func TestChaos(t *testing.T) { runChaos(t, false) }
+
+// TestChaosCluster is the chaos run on a three-node JetStream cluster (R3
+// metadata, source and sink streams), with NATS-node faults among the
+// kinds: kill -9 of a node (sometimes the meta leader), of the checkpoint
+// bucket's leader during a commit, a partition isolating a node, and two of
+// three nodes down (no quorum).
+func TestChaosCluster(t *testing.T) { runChaos(t, true) }
+
+func runChaos(t *testing.T, clustered bool) {
 	if testing.Short() {
 		t.Skip("chaos: several minutes of processes being killed; not in -short mode")
 	}
 	s := chaosSettings(t)
-	t.Logf("chaos: %s (FLOTILLA_CHAOS_SEED reproduces the schedule)", s)
+	t.Logf("chaos: %s, NATS cluster %v (FLOTILLA_CHAOS_SEED reproduces the schedule)", s, clustered)
 	r := rand.New(rand.NewPCG(s.seed, 0xc4a05))
-	c := startCluster(t, r)
+	c := startCluster(t, r, clustered)
+	faults := c.kinds
 	c.submitJobs()
 	c.waitRunning(2 * time.Minute)
 
 	// The publisher has its own connection, reconnecting forever.
-	pnc, err := nats.Connect(c.nats.url, nats.Name("chaos publisher"), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	pnc, err := nats.Connect(c.natsURL, nats.Name("chaos publisher"), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/internal/replicas"
 	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/subjects"
 )
@@ -57,7 +58,13 @@ type cluster struct {
 	t       *testing.T
 	r       *rand.Rand // the fault schedule's; test goroutine only
 	logDir  string
-	nats    *natsServer
+	// NATS is one server (nats), or with FLOTILLA_CHAOS_NATS=cluster three
+	// (natsCluster); natsURL is what every process connects to.
+	nats        *natsServer
+	natsCluster *testutil.NATSCluster
+	natsURL     string
+	// faults are the kinds of fault this run injects.
+	kinds []fault
 	minio   *testutil.MinIO
 	coord   *proc
 	workers []*proc
@@ -82,7 +89,7 @@ type cluster struct {
 
 // startCluster starts every process and waits until the workers are
 // registered.
-func startCluster(t *testing.T, r *rand.Rand) *cluster {
+func startCluster(t *testing.T, r *rand.Rand, clustered bool) *cluster {
 	flotillaBin, natsBin := buildBinaries(t)
 	logDir, err := os.MkdirTemp("", "flotilla-chaos-logs")
 	if err != nil {
@@ -101,11 +108,26 @@ func startCluster(t *testing.T, r *rand.Rand) *cluster {
 		t.Logf("full logs of every process are kept in %s", logDir)
 	})
 
-	c.nats = newNATSServer(t, logDir, natsBin, r)
-	c.nats.start()
-	c.nats.waitReady()
+	if clustered {
+		c.natsCluster = testutil.StartNATSClusterWith(t, natsBin, 3)
+		c.natsURL = c.natsCluster.URLs()
+		c.kinds = clusterFaults
+		t.Cleanup(func() {
+			if t.Failed() {
+				for i := range c.natsCluster.Nodes {
+					t.Logf("---- nats node %d log: %s", i+1, c.natsCluster.LogPath(i))
+				}
+			}
+		})
+	} else {
+		c.nats = newNATSServer(t, logDir, natsBin, r)
+		c.nats.start()
+		c.nats.waitReady()
+		c.natsURL = c.nats.url
+		c.kinds = faults
+	}
 	c.minio = testutil.RunMinIO(t)
-	c.nc, err = nats.Connect(c.nats.url, nats.Name("chaos harness"), nats.MaxReconnects(-1),
+	c.nc, err = nats.Connect(c.natsURL, nats.Name("chaos harness"), nats.MaxReconnects(-1),
 		nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(64<<20))
 	if err != nil {
 		t.Fatal(err)
@@ -121,12 +143,12 @@ func startCluster(t *testing.T, r *rand.Rand) *cluster {
 
 	env := []string{"AWS_ACCESS_KEY_ID=" + c.minio.AccessKey, "AWS_SECRET_ACCESS_KEY=" + c.minio.SecretKey}
 	store := c.minio.Location(storeBucket, storePrefix)
-	c.coord = newProc(t, logDir, "coordinator", flotillaBin, env, "coordinator", "-nats", c.nats.url, "-store", store,
+	c.coord = newProc(t, logDir, "coordinator", flotillaBin, env, "coordinator", "-nats", c.natsURL, "-store", store,
 		"-heartbeat-interval", heartbeatInterval.String(), "-heartbeat-timeout", heartbeatTimeout.String())
 	c.coord.start()
 	for i := 0; i < numWorkers; i++ {
 		name := fmt.Sprintf("w%d", i+1)
-		w := newProc(t, logDir, "worker "+name, flotillaBin, env, "worker", "-nats", c.nats.url, "-store", store,
+		w := newProc(t, logDir, "worker "+name, flotillaBin, env, "worker", "-nats", c.natsURL, "-store", store,
 			"-name", name, "-data", t.TempDir(), "-slots", strconv.Itoa(slotsPerWorker))
 		w.start()
 		c.workers = append(c.workers, w)
@@ -140,6 +162,14 @@ func startCluster(t *testing.T, r *rand.Rand) *cluster {
 		return err
 	})
 	return c
+}
+
+// replication is how the sink streams are replicated: R3 on a cluster.
+func (c *cluster) replication() replicas.Policy {
+	if c.natsCluster != nil {
+		return replicas.Policy{Replicas: 3}
+	}
+	return replicas.Policy{}
 }
 
 // procs returns the processes started so far.
@@ -175,8 +205,8 @@ func specs() []subjects.JobSpec {
 func (c *cluster) submitJobs() {
 	ctx := context.Background()
 	for name, subj := range map[string]string{countSink: "out.counts", windowSink: "out.windows"} {
-		if _, err := c.js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj},
-			Storage: jetstream.FileStorage, Duplicates: 20 * time.Minute}); err != nil {
+		if _, _, err := replicas.EnsureStream(ctx, c.js, jetstream.StreamConfig{Name: name, Subjects: []string{subj},
+			Storage: jetstream.FileStorage, Duplicates: 20 * time.Minute}, c.replication(), false); err != nil {
 			c.t.Fatal(err)
 		}
 	}
@@ -218,7 +248,13 @@ func (c *cluster) waitRunning(timeout time.Duration) {
 // heal undoes whatever a fault left: a paused process continues, one that
 // is not running (it exited by itself: see proc.crashes) starts again.
 func (c *cluster) heal() {
-	if c.nats.ensureRunning() {
+	if c.natsCluster != nil {
+		c.natsCluster.Heal()
+		for i := range c.natsCluster.Nodes {
+			c.natsCluster.Start(i)
+		}
+		c.natsCluster.WaitMetaLeader(2 * time.Minute)
+	} else if c.nats.ensureRunning() {
 		c.nats.waitReady()
 	}
 	for _, p := range append([]*proc{c.coord}, c.workers...) {

@@ -3,6 +3,7 @@
 package chaos
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -33,6 +34,109 @@ var faults = []fault{
 	{"zombie worker (SIGSTOP past its heartbeat timeout, then SIGCONT)", (*cluster).zombieWorker},
 	{"savepoint during a failover", (*cluster).savepointDuringFailover},
 	{"worker restarted while MinIO is down", (*cluster).workerStartsWithoutStore},
+}
+
+// clusterFaults are the kinds of fault of a run on a three-node NATS
+// cluster: the process faults above, and NATS-node faults instead of the
+// single server's.
+var clusterFaults = []fault{
+	{"kill -9 a worker", (*cluster).killWorkers},
+	{"kill -9 the coordinator", (*cluster).killCoordinator},
+	{"kill -9 a NATS node (the meta leader half the time)", (*cluster).killNATSNode},
+	{"kill -9 the checkpoint bucket's leader during a commit", (*cluster).killBucketLeaderDuringCommit},
+	{"partition isolating a NATS node, then heal", (*cluster).partitionNATSNode},
+	{"two of three NATS nodes down", (*cluster).twoNATSNodesDown},
+	{"kill -9 MinIO", (*cluster).killMinIO},
+	{"MinIO down during checkpoint uploads", (*cluster).storeOutageDuringUpload},
+	{"zombie worker (SIGSTOP past its heartbeat timeout, then SIGCONT)", (*cluster).zombieWorker},
+	{"savepoint during a failover", (*cluster).savepointDuringFailover},
+	{"worker restarted while MinIO is down", (*cluster).workerStartsWithoutStore},
+}
+
+// killNATSNode kills one node of the NATS cluster, the meta leader half the
+// time, and restarts it.
+func (c *cluster) killNATSNode() {
+	n := c.natsCluster
+	i := c.r.IntN(len(n.Nodes))
+	what := "a follower or leader at random"
+	if c.r.IntN(2) == 0 {
+		if l, err := n.MetaLeader(); err == nil {
+			i, what = l, "the meta leader"
+		}
+	}
+	c.faults++
+	hold := c.between(500*time.Millisecond, 5*time.Second)
+	c.logf("kill -9 NATS node %s (%s) for %v", n.Nodes[i].Name, what, hold)
+	n.Kill(i)
+	time.Sleep(hold)
+	n.Start(i)
+}
+
+// killBucketLeaderDuringCommit kills the checkpoint bucket's leader as soon
+// as the coordinator has written a checkpoint record (its commit is next):
+// the commit must ride out the election.
+func (c *cluster) killBucketLeaderDuringCommit() {
+	for len(c.obs.written) > 0 {
+		<-c.obs.written // a stale one
+	}
+	var key string
+	select {
+	case key = <-c.obs.written:
+	case <-time.After(15 * time.Second):
+	}
+	n := c.natsCluster
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	i, err := n.StreamLeader(ctx, c.js, "KV_"+checkpointBucket)
+	cancel()
+	if err != nil {
+		i = c.r.IntN(len(n.Nodes))
+	}
+	n.Kill(i)
+	c.faults++
+	hold := c.between(time.Second, 6*time.Second)
+	c.logf("kill -9 NATS node %s (the checkpoint bucket's leader: %v) for %v, right after checkpoint record %q was written",
+		n.Nodes[i].Name, err == nil, hold, key)
+	time.Sleep(hold)
+	n.Start(i)
+}
+
+// partitionNATSNode cuts one node off from the others and from its clients
+// (the checkpoint bucket's leader half the time), then heals.
+func (c *cluster) partitionNATSNode() {
+	n := c.natsCluster
+	i := c.r.IntN(len(n.Nodes))
+	what := "at random"
+	if c.r.IntN(2) == 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if l, err := n.StreamLeader(ctx, c.js, "KV_"+checkpointBucket); err == nil {
+			i, what = l, "the checkpoint bucket's leader"
+		}
+		cancel()
+	}
+	c.faults++
+	hold := c.between(time.Second, 8*time.Second)
+	c.logf("partition isolating NATS node %s (%s) for %v", n.Nodes[i].Name, what, hold)
+	n.Isolate(i)
+	time.Sleep(hold)
+	n.Heal()
+}
+
+// twoNATSNodesDown kills two of the three nodes (no quorum: JetStream
+// stops) for a while, then restarts them: processing may pause, nothing
+// completed may be lost, and it must resume by itself.
+func (c *cluster) twoNATSNodesDown() {
+	n := c.natsCluster
+	perm := c.r.Perm(len(n.Nodes))[:2]
+	c.faults += 2
+	hold := c.between(2*time.Second, 8*time.Second)
+	c.logf("kill -9 NATS nodes %s and %s for %v (no quorum)", n.Nodes[perm[0]].Name, n.Nodes[perm[1]].Name, hold)
+	for _, i := range perm {
+		n.Kill(i)
+	}
+	time.Sleep(hold)
+	for _, i := range perm {
+		n.Start(i)
+	}
 }
 
 // between returns a seeded random duration in [lo, hi).

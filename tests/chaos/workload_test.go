@@ -116,6 +116,13 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string, fn f
 	}
 	for {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil && transientRead(err) && ctx.Err() == nil {
+			// On a cluster, a consumer just created (or recreated by the
+			// ordered consumer) may not answer yet: ask again, bounded by
+			// ctx.
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("reading %s: %w", stream, err)
 		}
@@ -133,13 +140,18 @@ func readStream(ctx context.Context, js jetstream.JetStream, stream string, fn f
 				return nil
 			}
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+		if err := batch.Error(); err != nil && !transientRead(err) {
 			return fmt.Errorf("reading %s: %w", stream, err)
 		}
 		if n == 0 && ctx.Err() != nil {
 			return fmt.Errorf("reading %s: %w before sequence %d", stream, ctx.Err(), last)
 		}
 	}
+}
+
+// transientRead reports whether a read error means "ask again".
+func transientRead(err error) bool {
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoHeartbeat)
 }
 
 // windowSize is the window job's tumbling window.
