@@ -55,16 +55,16 @@ const (
 // loopback: nats-server, MinIO, the coordinator and the workers; and the
 // harness's own NATS connection, which reconnects forever like theirs.
 type cluster struct {
-	t       *testing.T
-	r       *rand.Rand // the fault schedule's; test goroutine only
-	logDir  string
+	t      *testing.T
+	r      *rand.Rand // the fault schedule's; test goroutine only
+	logDir string
 	// NATS is one server (nats), or with FLOTILLA_CHAOS_NATS=cluster three
 	// (natsCluster); natsURL is what every process connects to.
 	nats        *natsServer
 	natsCluster *testutil.NATSCluster
 	natsURL     string
 	// faults are the kinds of fault this run injects.
-	kinds []fault
+	kinds   []fault
 	minio   *testutil.MinIO
 	coord   *proc
 	workers []*proc

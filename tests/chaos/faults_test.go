@@ -76,14 +76,7 @@ func (c *cluster) killNATSNode() {
 // as the coordinator has written a checkpoint record (its commit is next):
 // the commit must ride out the election.
 func (c *cluster) killBucketLeaderDuringCommit() {
-	for len(c.obs.written) > 0 {
-		<-c.obs.written // a stale one
-	}
-	var key string
-	select {
-	case key = <-c.obs.written:
-	case <-time.After(15 * time.Second):
-	}
+	key := c.awaitRecordWritten()
 	n := c.natsCluster
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	i, err := n.StreamLeader(ctx, c.js, "KV_"+checkpointBucket)
@@ -136,6 +129,21 @@ func (c *cluster) twoNATSNodesDown() {
 	time.Sleep(hold)
 	for _, i := range perm {
 		n.Start(i)
+	}
+}
+
+// awaitRecordWritten waits (up to 15 s) until the coordinator writes a
+// checkpoint record, whose commit comes next, and returns its key ("" if
+// none came).
+func (c *cluster) awaitRecordWritten() string {
+	for len(c.obs.written) > 0 {
+		<-c.obs.written // a stale one
+	}
+	select {
+	case key := <-c.obs.written:
+		return key
+	case <-time.After(15 * time.Second):
+		return ""
 	}
 }
 
@@ -192,14 +200,7 @@ func (c *cluster) killNATS() {
 // request timeout, so that the commit fails for want of an answer and the
 // checkpoint is aborted.
 func (c *cluster) killNATSDuringCommit() {
-	for len(c.obs.written) > 0 {
-		<-c.obs.written // a stale one
-	}
-	var key string
-	select {
-	case key = <-c.obs.written:
-	case <-time.After(15 * time.Second):
-	}
+	key := c.awaitRecordWritten()
 	c.nats.kill()
 	c.faults++
 	hold := c.between(6*time.Second, 9*time.Second)
