@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,21 +38,14 @@ var faults = []fault{
 }
 
 // clusterFaults are the kinds of fault of a run on a three-node NATS
-// cluster: the process faults above, and NATS-node faults instead of the
-// single server's.
-var clusterFaults = []fault{
-	{"kill -9 a worker", (*cluster).killWorkers},
-	{"kill -9 the coordinator", (*cluster).killCoordinator},
+// cluster: those of faults with the single server's two replaced by the
+// NATS-node faults.
+var clusterFaults = slices.Concat(faults[:2], []fault{
 	{"kill -9 a NATS node (the meta leader half the time)", (*cluster).killNATSNode},
 	{"kill -9 the checkpoint bucket's leader during a commit", (*cluster).killBucketLeaderDuringCommit},
 	{"partition isolating a NATS node, then heal", (*cluster).partitionNATSNode},
 	{"two of three NATS nodes down", (*cluster).twoNATSNodesDown},
-	{"kill -9 MinIO", (*cluster).killMinIO},
-	{"MinIO down during checkpoint uploads", (*cluster).storeOutageDuringUpload},
-	{"zombie worker (SIGSTOP past its heartbeat timeout, then SIGCONT)", (*cluster).zombieWorker},
-	{"savepoint during a failover", (*cluster).savepointDuringFailover},
-	{"worker restarted while MinIO is down", (*cluster).workerStartsWithoutStore},
-}
+}, faults[4:])
 
 // killNATSNode kills one node of the NATS cluster, the meta leader half the
 // time, and restarts it.
