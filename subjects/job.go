@@ -76,7 +76,19 @@ type SinkSpec struct {
 	// sequence in headers (HdrDeadLetterReason and friends), under the
 	// message id DeadLetterMsgID. Empty: such events are only counted.
 	DeadLetter string `json:"dead_letter,omitempty"`
+	// Emit chooses which value changes are published: EmitEveryChange
+	// (default) publishes each one; EmitLatest publishes, per key and per
+	// round of up to a worker's batch size of events, only the key's last
+	// value (count publishes 3, not 1, 2, 3). Other outputs (window,
+	// dedupe, custom operators' Emit) are always published.
+	Emit string `json:"emit,omitempty"`
 }
+
+// Sink emit modes (SinkSpec.Emit).
+const (
+	EmitEveryChange = "every_change"
+	EmitLatest      = "latest"
+)
 
 // CheckpointSpec configures periodic checkpoints, after Flink's
 // CheckpointConfig. A zero Interval disables periodic checkpoints
@@ -197,6 +209,11 @@ func (s *JobSpec) Validate() error {
 	}
 	if s.Sink.DeadLetter != "" && (!subjectRE.MatchString(s.Sink.DeadLetter) || strings.ContainsAny(s.Sink.DeadLetter, "*>")) {
 		return specErr("sink.dead_letter %q is not a valid subject without wildcards", s.Sink.DeadLetter)
+	}
+	switch s.Sink.Emit {
+	case "", EmitEveryChange, EmitLatest:
+	default:
+		return specErr("sink.emit %q: want %s or %s", s.Sink.Emit, EmitEveryChange, EmitLatest)
 	}
 	c := s.Checkpoint
 	switch {

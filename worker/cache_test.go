@@ -3,6 +3,7 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"sort"
 	"testing"
 
 	"github.com/flotilla-io/flotilla/statebackend"
@@ -78,4 +79,48 @@ func TestStateCacheWriteBack(t *testing.T) {
 	if be.Applied(0) != 51 {
 		t.Errorf("applied mark %d", be.Applied(0))
 	}
+}
+
+// With "emit": "latest" a round publishes each key's last value only, under
+// the id of the event that produced it; outputs that are not value changes
+// (a window's, under a timer id) are never combined; dropping a skipped
+// event's output brings back the one it superseded.
+func TestEmitLatest(t *testing.T) {
+	const m = 8
+	tk := newLocalTask(t, countOp{}, m, keygroup.Range{Start: 0, End: m - 1}, nil)
+	tk.outs.latest = map[string]int{}
+	for i, k := range []string{"a", "a", "b", "a"} {
+		feed(t, tk, uint64(i+1), k, t0, 0)
+	}
+	got := taken(tk)
+	ga, gb := keygroup.Of([]byte("a"), m), keygroup.Of([]byte("b"), m)
+	want := []string{
+		fmt.Sprintf(`job.%d.4 {"key":"a","value":3}`, ga),
+		fmt.Sprintf(`job.%d.3 {"key":"b","value":1}`, gb),
+	}
+	if fmt.Sprint(sortedLines(got)) != fmt.Sprint(sortedLines(want)) {
+		t.Errorf("combined round: %q, want %q", got, want)
+	}
+
+	var o outputs
+	o.latest = map[string]int{}
+	o.addResult(outID{group: 1, seq: 1}, "k", []byte("1"))
+	o.addResult(outID{group: 1, seq: 2, timer: true}, "k", []byte(`{"w":1}`))
+	o.addResult(outID{group: 1, seq: 3}, "k", []byte("2"))
+	o.truncate(2)
+	var live []string
+	for _, r := range o.recs {
+		if !r.dropped {
+			live = append(live, string(o.data(r)))
+		}
+	}
+	if fmt.Sprint(live) != `[{"key":"k","value":1} {"key":"k","value":{"w":1}}]` {
+		t.Errorf("after dropping the last output: %q", live)
+	}
+}
+
+func sortedLines(s []string) []string {
+	out := append([]string(nil), s...)
+	sort.Strings(out)
+	return out
 }

@@ -277,6 +277,9 @@ func (s *sink) close() {
 type outputs struct {
 	buf  []byte
 	recs []outRec
+	// latest, when set (SinkSpec.Emit "latest"), maps a key to its last
+	// value-change output of the round: an earlier one is dropped.
+	latest map[string]int
 }
 
 // outID is what an output's message id is made of: the event's group,
@@ -300,6 +303,8 @@ func (id outID) msgID(job string) string {
 type outRec struct {
 	outID
 	off, end int
+	dropped  bool // superseded by a later value of the same key
+	prev     int  // with combining: 1 + the index of the output this one superseded (0: none)
 }
 
 func (o *outputs) add(id outID, v []byte) {
@@ -308,19 +313,44 @@ func (o *outputs) add(id outID, v []byte) {
 	o.recs = append(o.recs, outRec{outID: id, off: off, end: len(o.buf)})
 }
 
-// addResult adds {"key": key, "value": v}, v being JSON.
+// addResult adds {"key": key, "value": v}, v being JSON: a value change of
+// key, which replaces the key's previous one of the round when o combines.
 func (o *outputs) addResult(id outID, key string, v []byte) {
+	prev := 0
+	if o.latest != nil && !id.timer {
+		id.key = key // not part of the id of an event's output
+		if i, ok := o.latest[key]; ok {
+			o.recs[i].dropped = true
+			prev = i + 1
+		}
+		o.latest[key] = len(o.recs)
+	}
 	off := len(o.buf)
 	o.buf = append(o.buf, `{"key":`...)
 	o.buf = appendJSONString(o.buf, key)
 	o.buf = append(o.buf, `,"value":`...)
 	o.buf = append(o.buf, v...)
 	o.buf = append(o.buf, '}')
-	o.recs = append(o.recs, outRec{outID: id, off: off, end: len(o.buf)})
+	o.recs = append(o.recs, outRec{outID: id, off: off, end: len(o.buf), prev: prev})
 }
 
-// truncate drops the outputs from index i on.
+// truncate drops the outputs from index i on, and with combining brings
+// back the ones they superseded.
 func (o *outputs) truncate(i int) {
+	if o.latest != nil {
+		for j := len(o.recs) - 1; j >= i; j-- {
+			r := o.recs[j]
+			if at, ok := o.latest[r.key]; !ok || at != j || r.timer {
+				continue
+			}
+			if r.prev > 0 {
+				o.recs[r.prev-1].dropped = false
+				o.latest[r.key] = r.prev - 1
+			} else {
+				delete(o.latest, r.key)
+			}
+		}
+	}
 	if i < len(o.recs) {
 		o.buf = o.buf[:o.recs[i].off]
 		o.recs = o.recs[:i]
@@ -332,6 +362,7 @@ func (o *outputs) data(r outRec) []byte { return o.buf[r.off:r.end:r.end] }
 func (o *outputs) reset() {
 	o.buf = o.buf[:0]
 	o.recs = o.recs[:0]
+	clear(o.latest)
 }
 
 // publishAll hands every collected output to the sink, under subject with
@@ -348,6 +379,9 @@ func (o *outputs) publishAll(ctx context.Context, s *sink, subject, job string) 
 	}
 	bodies := bytes.Clone(o.buf)
 	for _, r := range o.recs {
+		if r.dropped {
+			continue
+		}
 		m := &nats.Msg{Subject: subject, Data: bodies[r.off:r.end:r.end],
 			Header: nats.Header{nats.MsgIdHdr: []string{r.msgID(job)}}}
 		if err := s.publish(ctx, m); err != nil {

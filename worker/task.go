@@ -182,6 +182,9 @@ func (t *task) execute() (err error) {
 	t.octx.st = t.cache
 	t.octx.out = &t.outs
 	t.octx.clock, t.octx.timers = &t.clock, &t.timers
+	if t.spec.Sink.Emit == subjects.EmitLatest {
+		t.outs.latest = map[string]int{}
+	}
 	if err := loadTimers(&t.timers, t.be); err != nil {
 		return subjects.Errorf(subjects.CodeCorruptState, "load timers: %v", err)
 	}

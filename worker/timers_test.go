@@ -34,6 +34,9 @@ func feed(t *testing.T, tk *task, seq uint64, key string, at time.Time, pending 
 func taken(tk *task) []string {
 	var out []string
 	for _, r := range tk.outs.recs {
+		if r.dropped {
+			continue
+		}
 		out = append(out, r.msgID("job")+" "+string(tk.outs.data(r)))
 	}
 	tk.outs.reset()
