@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/jsm.go/natscontext"
 	"github.com/nats-io/nats.go"
 
 	"github.com/flotilla-io/flotilla/objectstore"
@@ -177,28 +176,20 @@ func (c *Common) Connect(name string, forever bool, extra ...nats.Option) (*nats
 	if err != nil {
 		return nil, err
 	}
-	opts, err := nctx.NATSOptions()
+	opts, err := nctx.options()
 	if err != nil {
-		return nil, fmt.Errorf("NATS settings%s: %w", contextNote(nctx), err)
+		return nil, fmt.Errorf("NATS settings%s: %w", nctx.note(), err)
 	}
 	opts = append([]nats.Option{nats.Name(name)}, opts...)
 	if forever {
 		opts = append(opts, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true), nats.IgnoreAuthErrorAbort())
 	}
-	url := strings.TrimSpace(nctx.ServerURL())
+	url := strings.TrimSpace(nctx.serverURL())
 	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS at %s%s: %w", url, contextNote(nctx), err)
+		return nil, fmt.Errorf("connecting to NATS at %s%s: %w", url, nctx.note(), err)
 	}
 	return nc, nil
-}
-
-// contextNote names the natscli context settings came from, for errors.
-func contextNote(nctx *natscontext.Context) string {
-	if nctx.Path() == "" {
-		return ""
-	}
-	return fmt.Sprintf(" (natscli context %s)", nctx.Path())
 }
 
 // natsContext returns the settings to connect with: the natscli context
@@ -207,71 +198,40 @@ func contextNote(nctx *natscontext.Context) string {
 // are replaced whole: a flag or variable naming any kind of credentials
 // drops every credential of the context, so that the two never mix; a
 // password alone is the password of the context's user.
-func (c *Common) natsContext() (*natscontext.Context, error) {
+func (c *Common) natsContext() (*natsContext, error) {
 	if err := c.checkCredentials(); err != nil {
 		return nil, err
 	}
-	over := []natscontext.Option{
-		natscontext.WithServerURL(strings.TrimSpace(c.NATS)),
-		natscontext.WithCertificate(c.TLSCert), natscontext.WithKey(c.TLSKey), natscontext.WithCA(c.TLSCA),
-		natscontext.WithInboxPrefix(c.InboxPrefix),
-	}
-	creds := []natscontext.Option{
-		natscontext.WithCreds(c.Creds), natscontext.WithNKey(c.NKey),
-		natscontext.WithUser(c.User), natscontext.WithPassword(c.Password), natscontext.WithToken(c.Token),
-	}
-	var nctx *natscontext.Context
-	var err error
-	switch {
-	case c.NoContext:
-		nctx, err = natscontext.New("", false, over...)
-	case strings.HasSuffix(c.Context, ".json") && isFile(c.Context):
-		nctx, err = natscontext.NewFromFile(c.Context, over...)
-	default:
-		nctx, err = natscontext.New(c.Context, true, over...)
-	}
-	if err != nil {
-		known := "none"
-		if names := natscontext.KnownContexts(); len(names) > 0 {
-			known = strings.Join(names, ", ")
+	nctx := &natsContext{}
+	if !c.NoContext {
+		var err error
+		if nctx, err = loadNATSContext(c.Context); err != nil {
+			return nil, fmt.Errorf("natscli context: %w", err)
 		}
-		return nil, fmt.Errorf("natscli context: %w (known contexts: %s)", err, known)
+	}
+	for _, s := range []struct {
+		to   *string
+		from string
+	}{
+		{&nctx.URL, strings.TrimSpace(c.NATS)}, {&nctx.Cert, c.TLSCert}, {&nctx.Key, c.TLSKey}, {&nctx.CA, c.TLSCA}, {&nctx.InboxPrefix, c.InboxPrefix},
+	} {
+		if s.from != "" {
+			*s.to = s.from
+		}
 	}
 	switch {
 	case c.Creds+c.NKey+c.User+c.Token != "":
-		nctx = withoutCredentials(nctx, creds)
-	case c.Password != "" && nctx.User() == "":
-		return nil, fmt.Errorf("-password (NATS_PASSWORD) is set without -user (NATS_USER)%s", contextNote(nctx))
+		nctx.User, nctx.Password, nctx.Token, nctx.Creds, nctx.NKey = c.User, c.Password, c.Token, c.Creds, c.NKey
+		nctx.UserJWT, nctx.UserSeed = "", ""
+	case c.Password != "" && nctx.User == "":
+		return nil, fmt.Errorf("-password (NATS_PASSWORD) is set without -user (NATS_USER)%s", nctx.note())
 	case c.Password != "":
-		// The password of the context's user, kept out of its file.
-		nctx = withoutCredentials(nctx, []natscontext.Option{natscontext.WithUser(nctx.User()), natscontext.WithPassword(c.Password)})
+		nctx.Password = c.Password // of the context's user, kept out of its file
 	}
-	if (nctx.Certificate() == "") != (nctx.Key() == "") {
-		return nil, fmt.Errorf("a client certificate needs both -tlscert (NATS_CERT) and -tlskey (NATS_KEY)%s", contextNote(nctx))
+	if (nctx.Cert == "") != (nctx.Key == "") {
+		return nil, fmt.Errorf("a client certificate needs both -tlscert (NATS_CERT) and -tlskey (NATS_KEY)%s", nctx.note())
 	}
 	return nctx, nil
-}
-
-// withoutCredentials returns nctx's settings with its credentials replaced
-// by creds.
-func withoutCredentials(nctx *natscontext.Context, creds []natscontext.Option) *natscontext.Context {
-	opts := []natscontext.Option{
-		natscontext.WithServerURL(nctx.ServerURL()),
-		natscontext.WithCertificate(nctx.Certificate()), natscontext.WithKey(nctx.Key()), natscontext.WithCA(nctx.CA()),
-		natscontext.WithInboxPrefix(nctx.InboxPrefix()), natscontext.WithSocksProxy(nctx.SocksProxy()),
-		natscontext.WithWindowsCertStore(nctx.WindowsCertStore()), natscontext.WithWindowsCertStoreMatch(nctx.WindowsCertStoreMatch()),
-		natscontext.WithWindowsCertStoreMatchBy(nctx.WindowsCertStoreMatchBy()), natscontext.WithWindowsCaCertsMatch(nctx.WindowsCaCertsMatch()...),
-	}
-	if nctx.TLSHandshakeFirst() {
-		opts = append(opts, natscontext.WithTLSHandshakeFirst())
-	}
-	out, _ := natscontext.New(nctx.Name, false, append(opts, creds...)...) // never fails without loading
-	return out
-}
-
-func isFile(path string) bool {
-	st, err := os.Stat(path)
-	return err == nil && st.Mode().IsRegular()
 }
 
 // checkCredentials refuses credentials from flags and the environment of

@@ -140,11 +140,17 @@ func TestContextErrors(t *testing.T) {
 	_, write := natsConfig(t)
 	write("prod", map[string]any{"url": "nats://127.0.0.1:1", "ca": "~/no-such-ca.pem"})
 	write("half", map[string]any{"url": "nats://127.0.0.1:1", "cert": "/c.pem"})
+	write("nsc", map[string]any{"nsc": "nsc://op/acc/user"})
+	write("op", map[string]any{"creds": "op://vault/nats/creds"})
+	write("socks", map[string]any{"socks_proxy": "127.0.0.1:1080"})
 	for _, c := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"--context", "nope"}, `natscli context: unknown context "nope" (known contexts: half, prod)`},
+		{[]string{"--context", "nope"}, `natscli context: unknown context "nope" (known contexts: half, nsc, op, prod, socks)`},
+		{[]string{"--context", "nsc"}, `flotilla does not support nsc "nsc://op/acc/user": put the path of the credentials file in creds`},
+		{[]string{"--context", "op"}, `flotilla does not support creds "op://vault/nats/creds"`},
+		{[]string{"--context", "socks"}, `flotilla does not support socks_proxy "127.0.0.1:1080"`},
 		{[]string{"--context", "../etc"}, "invalid context name ../etc"},
 		{[]string{"--context", "prod"}, "no-such-ca.pem"},
 		{[]string{"--context", "half"}, "a client certificate needs both -tlscert (NATS_CERT) and -tlskey (NATS_KEY) (natscli context "},
@@ -162,8 +168,8 @@ func TestContextErrors(t *testing.T) {
 	if _, err := (&Common{NoContext: true}).natsContext(); err != nil {
 		t.Fatal(err)
 	}
-	if nctx, _ := (&Common{NoContext: true}).natsContext(); nctx.ServerURL() != nats.DefaultURL {
-		t.Errorf("no context, no flag: %s, want %s", nctx.ServerURL(), nats.DefaultURL)
+	if nctx, _ := (&Common{NoContext: true}).natsContext(); nctx.serverURL() != nats.DefaultURL {
+		t.Errorf("no context, no flag: %s, want %s", nctx.serverURL(), nats.DefaultURL)
 	}
 }
 
@@ -187,5 +193,25 @@ func TestPasswordOfTheContextsUser(t *testing.T) {
 	nc.Close()
 	if _, err := parseCommon(t, "--context", "anon").Connect("test", false); err == nil || !strings.Contains(err.Error(), "is set without -user") {
 		t.Errorf("a password and no user: %v", err)
+	}
+}
+
+// A token in a context, and a credentials file named with $VAR, are used
+// as natscli uses them.
+func TestContextTokenAndVariables(t *testing.T) {
+	opts := testutil.NATSOptions(t.TempDir())
+	opts.Authorization = "t0ken"
+	srv := testutil.RunNATSWithOptions(t, opts)
+	_, write := natsConfig(t)
+	write("tok", map[string]any{"url": srv.ClientURL(), "token": "t0ken"})
+	nc, err := parseCommon(t, "--context", "tok").Connect("test", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	t.Setenv("CREDS_DIR", "/no/such/dir")
+	write("creds", map[string]any{"url": srv.ClientURL(), "creds": "$CREDS_DIR/user.creds"})
+	if _, err := parseCommon(t, "--context", "creds").Connect("test", false); err == nil || !strings.Contains(err.Error(), "/no/such/dir/user.creds") {
+		t.Errorf("creds under $CREDS_DIR: %v", err)
 	}
 }
