@@ -61,6 +61,13 @@ func newFleet(t *testing.T) *fleet {
 		t.Fatal(err)
 	}
 	f.start(t, w.Run)
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		ws, err := f.api.Workers(context.Background())
+		if err == nil && len(ws) != 1 {
+			err = fmt.Errorf("%d workers registered", len(ws))
+		}
+		return err
+	})
 	return f
 }
 
