@@ -236,7 +236,7 @@ func (c *Coordinator) apiSubmit(r micro.Request) {
 		subjects.Reply(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
 		return
 	}
-	info, err := c.submit(req.Spec, req.FromSavepoint)
+	info, err := c.submit(req.Spec, req.FromSavepoint, req.AllowOperatorChange)
 	if err != nil {
 		info = subjects.JobInfo{Job: req.Spec.Name, Error: subjects.AsError(err)}
 	}
@@ -245,7 +245,7 @@ func (c *Coordinator) apiSubmit(r micro.Request) {
 
 // submit starts a new run of a job, from a savepoint or checkpoint location
 // if from is set. It runs off the loop: it reads JetStream and the store.
-func (c *Coordinator) submit(spec subjects.JobSpec, from string) (subjects.JobInfo, error) {
+func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorChange bool) (subjects.JobInfo, error) {
 	if err := c.checkOperator(spec); err != nil {
 		return subjects.JobInfo{}, err
 	}
@@ -266,6 +266,9 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string) (subjects.JobIn
 		if sp.MaxParallelism != spec.MaxParallelism {
 			return subjects.JobInfo{}, subjects.Errorf(subjects.CodeInvalidArgument,
 				"%s was taken with max_parallelism %d; a job restoring it must keep it (spec has %d)", from, sp.MaxParallelism, spec.MaxParallelism)
+		}
+		if err := checkRestoredOperator(sp, spec, allowOperatorChange); err != nil {
+			return subjects.JobInfo{}, err
 		}
 		fromKey, restore, fromRec = key, restorePoints(sp), &sp
 	}
@@ -303,6 +306,20 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string) (subjects.JobIn
 		}
 	}
 	return info, nil
+}
+
+// checkRestoredOperator refuses to restore state another operator wrote (Flink
+// matches state to operators by id and refuses state it cannot map), unless
+// the user said the change is intended. Records of older builds name no
+// operator and pass.
+func checkRestoredOperator(from subjects.CheckpointRecord, spec subjects.JobSpec, allow bool) error {
+	op, ok := from.Operator()
+	if !ok || op.Type == spec.Operator.Type || allow {
+		return nil
+	}
+	return subjects.Errorf(subjects.CodeOperatorMismatch,
+		"%s holds the state of operator %q (state version %d) of job %q; job %q runs operator %q, which would misread it. If the change is intended, submit with --allow-operator-change (allow_operator_change)",
+		from.Location, op.Type, op.StateVersion, from.Job, spec.Name, spec.Operator.Type)
 }
 
 // checkOperator rejects a job whose operator no registered worker has and
@@ -500,7 +517,7 @@ func (c *Coordinator) rescaleFrom(job string, w savepointWaiter, res subjects.Sa
 	spec := c.jobs[job].jm.Spec()
 	spec.Parallelism = w.rescale
 	go func() {
-		_, err := c.submit(spec, res.Location)
+		_, err := c.submit(spec, res.Location, false)
 		if err != nil {
 			res.Error = subjects.Errorf(subjects.CodeOf(err), "job stopped with savepoint %s, but resubmitting at parallelism %d failed: %v", res.Location, w.rescale, err)
 		}

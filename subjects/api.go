@@ -57,6 +57,9 @@ type SubmitJob struct {
 	Parallelism int `json:"parallelism,omitempty"`
 	// FromSavepoint is a savepoint or checkpoint location to restore from.
 	FromSavepoint string `json:"from_savepoint,omitempty"`
+	// AllowOperatorChange restores FromSavepoint even if another operator
+	// wrote it: the user says the change is intended.
+	AllowOperatorChange bool `json:"allow_operator_change,omitempty"`
 }
 
 func (*SubmitJob) MsgType() Type { return TypeSubmitJob }
@@ -200,6 +203,9 @@ type TaskCheckpoint struct {
 	Handle statebackend.Handle `json:"handle"`
 	Sync   Duration            `json:"sync"`
 	Async  Duration            `json:"async"`
+	// Operator is the operator whose state the handle holds; absent from
+	// records written before it was added.
+	Operator *OperatorInfo `json:"operator,omitempty"`
 }
 
 // CheckpointRecord is a completed checkpoint or savepoint as committed to
@@ -222,6 +228,17 @@ type CheckpointRecord struct {
 }
 
 func (*CheckpointRecord) MsgType() Type { return TypeCheckpointRecord }
+
+// Operator returns the operator whose state the record holds, and false if
+// no task recorded one (a record of an older build).
+func (m *CheckpointRecord) Operator() (OperatorInfo, bool) {
+	for _, t := range m.Tasks {
+		if t.Operator != nil {
+			return *t.Operator, true
+		}
+	}
+	return OperatorInfo{}, false
+}
 
 func (m *CheckpointRecord) Validate() error {
 	if err := firstErr(ValidateName("job", m.Job), required(TypeCheckpointRecord, "location", m.Location)); err != nil {

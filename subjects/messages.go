@@ -354,6 +354,19 @@ type Ack struct {
 	// Sync is the synchronous pause; Async the upload time.
 	Sync  Duration `json:"sync"`
 	Async Duration `json:"async"`
+	// Operator is the operator whose state the handle holds (absent from
+	// acks of older builds).
+	Operator *OperatorInfo `json:"operator,omitempty"`
+}
+
+// OperatorInfo says which operator wrote a state, and in which version of
+// its state format: a restore into another operator is refused unless the
+// user says the change is intended.
+type OperatorInfo struct {
+	Type string `json:"type"`
+	// StateVersion is the operator's state format version (1 unless the
+	// operator says otherwise).
+	StateVersion int `json:"state_version"`
 }
 
 func (*Ack) MsgType() Type { return TypeAck }

@@ -158,7 +158,7 @@ func (t *task) barrier(b *subjects.Barrier) error {
 			ccancel()
 			t.decline(b, subjects.Errorf(code, "task %d: persisting checkpoint %d: %v", t.ref.Task, b.Checkpoint, err))
 		default:
-			ack := subjects.Ack{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Handle: h,
+			ack := subjects.Ack{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Handle: h, Operator: operatorInfo(t.spec.Operator.Type, t.op),
 				Sync: subjects.Duration(syncDur), Async: subjects.Duration(time.Since(start))}
 			t.publish(t.w.ns.Ack(t.ref.Job, t.w.name), &ack)
 			t.log.Debug("checkpoint acked", "checkpoint", b.Checkpoint, "kind", b.Kind.String(), "handle", h.String(),

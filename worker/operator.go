@@ -29,6 +29,25 @@ type Operator interface {
 	Process(ctx *Context, ev Event) error
 }
 
+// StateVersioner is implemented by an operator whose state format has
+// changed over time: StateVersion is the version of the state it writes (an
+// operator without it writes version 1). It is recorded with every
+// checkpoint and savepoint, so that the state can be told apart from that
+// of another operator or format. Raise it when the operator starts writing
+// state that its earlier builds would misread.
+type StateVersioner interface {
+	StateVersion() int
+}
+
+// operatorInfo describes the state op writes as the operator of type typ.
+func operatorInfo(typ string, op Operator) *subjects.OperatorInfo {
+	v := 1
+	if sv, ok := op.(StateVersioner); ok {
+		v = sv.StateVersion()
+	}
+	return &subjects.OperatorInfo{Type: typ, StateVersion: v}
+}
+
 // Factory builds an operator for a job from its spec. It is called once per
 // task attempt; an error rejects the deployment with CodeInvalidJobSpec.
 type Factory func(spec subjects.OperatorSpec) (Operator, error)

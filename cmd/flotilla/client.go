@@ -79,6 +79,7 @@ func runSubmit(ctx context.Context, e *env, args []string) error {
 	cc := e.clientCmd()
 	parallelism := cc.fs.Int("parallelism", 0, "parallelism (overrides the spec's)")
 	from := cc.fs.String("from-savepoint", "", "savepoint or checkpoint `location` to restore from")
+	allowOpChange := cc.fs.Bool("allow-operator-change", false, "restore --from-savepoint even if another operator wrote it")
 	return cc.run(args, func(api *client.Client, pos []string) error {
 		data, err := os.ReadFile(pos[0])
 		if err != nil {
@@ -88,7 +89,7 @@ func runSubmit(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		info, err := api.Submit(ctx, spec, *parallelism, *from)
+		info, err := api.SubmitJob(ctx, subjects.SubmitJob{Spec: spec, Parallelism: *parallelism, FromSavepoint: *from, AllowOperatorChange: *allowOpChange})
 		if err != nil {
 			return err
 		}

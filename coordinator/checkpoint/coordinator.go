@@ -317,7 +317,7 @@ func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 	if _, dup := p.acks[a.Task]; dup {
 		return nil, fmt.Sprintf("duplicate ack for checkpoint %d from task %d", a.Checkpoint, a.Task)
 	}
-	p.acks[a.Task] = subjects.TaskCheckpoint{Task: a.Task, Worker: a.Worker, Handle: a.Handle, Sync: a.Sync, Async: a.Async}
+	p.acks[a.Task] = subjects.TaskCheckpoint{Task: a.Task, Worker: a.Worker, Handle: a.Handle, Sync: a.Sync, Async: a.Async, Operator: a.Operator}
 	if len(p.acks) < len(p.attempts) {
 		return nil, ""
 	}

@@ -65,8 +65,13 @@ func errOf(e *subjects.Error) error {
 // Submit submits a job. parallelism overrides the spec's when positive;
 // fromSavepoint names a savepoint or checkpoint location to restore from.
 func (c *Client) Submit(ctx context.Context, spec subjects.JobSpec, parallelism int, fromSavepoint string) (subjects.JobInfo, error) {
+	return c.SubmitJob(ctx, subjects.SubmitJob{Spec: spec, Parallelism: parallelism, FromSavepoint: fromSavepoint})
+}
+
+// SubmitJob submits a job with every option of the request.
+func (c *Client) SubmitJob(ctx context.Context, req subjects.SubmitJob) (subjects.JobInfo, error) {
 	var info subjects.JobInfo
-	err := c.call(ctx, c.ns.API(subjects.APIJobSubmit), &subjects.SubmitJob{Spec: spec, Parallelism: parallelism, FromSavepoint: fromSavepoint}, &info)
+	err := c.call(ctx, c.ns.API(subjects.APIJobSubmit), &req, &info)
 	if err == nil {
 		err = errOf(info.Error)
 	}
