@@ -8,9 +8,11 @@ TOOLS_DIR     ?= $(HOME)/.cache/flotilla/bin
 MINIO_BIN     ?= $(TOOLS_DIR)/minio
 # -count=1: CI must run the tests, not report results cached from earlier runs.
 GO_TEST_FLAGS ?= -race -count=1 -timeout 60m
+# Test artifacts (the dashboard test's screenshot) are kept here.
+ARTIFACTS_DIR ?= $(HOME)/.cache/flotilla/artifacts
 export MINIO_BIN
 
-.PHONY: all build run test vet fmt-check unit tools bench clean up down compose-images up-local
+.PHONY: all build run test vet fmt-check unit tools chromium bench clean up down compose-images up-local
 
 all: build
 
@@ -46,7 +48,8 @@ up-local: compose-images
 		$(COMPOSE_RUN) up -d --no-build --scale worker=$(WORKERS)
 
 test: tools vet fmt-check
-	go test $(GO_TEST_FLAGS) ./...
+	@mkdir -p $(ARTIFACTS_DIR)
+	go test $(GO_TEST_FLAGS) -artifacts -outputdir $(ARTIFACTS_DIR) ./...
 
 # Tests without the servers' install step (tests needing MinIO skip, outside CI).
 unit: vet
@@ -59,7 +62,17 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-tools: $(MINIO_BIN)
+tools: $(MINIO_BIN) chromium
+
+# Headless Chromium drives the dashboard test (tests/observe). Debian's
+# package, installed once; nothing happens when a chromium is on PATH.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "$$CHROMIUM" ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (headless browser for the dashboard test)"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	else echo "no apt-get: install Chromium yourself, or set CHROMIUM=/path/to/chrome (the dashboard test needs it in CI)"; fi
 
 # MinIO is built from source with the Go toolchain (about five minutes the
 # first time) and cached outside the repository, keyed by version.

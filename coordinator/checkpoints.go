@@ -97,6 +97,8 @@ func (c *Coordinator) doCC(job string, acts []checkpoint.Action, now time.Time) 
 				"size", r.Size, "uploaded", r.Uploaded, "duration", r.Completed.Sub(r.Triggered))
 			c.event(subjects.Event{Kind: kind, Job: job, Checkpoint: r.ID, Location: c.locationOf(r.Location),
 				Message: fmt.Sprintf("%d bytes (%d uploaded) in %s", r.Size, r.Uploaded, r.Completed.Sub(r.Triggered).Round(time.Millisecond))}, job)
+			e.lastCompleted = r.Completed
+			c.recordAttempt(a.Attempt)
 		case checkpoint.NotifyAbort:
 			ab := a.Abort
 			c.publish(c.ns.Abort(job), &ab)
@@ -106,6 +108,7 @@ func (c *Coordinator) doCC(job string, acts []checkpoint.Action, now time.Time) 
 			}
 			c.log.Warn(a.Kind.String()+" aborted", "job", job, "id", ab.Checkpoint, "reason", ab.Reason)
 			c.event(subjects.Event{Kind: kind, Job: job, Checkpoint: ab.Checkpoint, Error: ab.Reason}, job)
+			c.recordAttempt(a.Attempt)
 		case checkpoint.SavepointDone:
 			c.savepointDone(job, a, now)
 		case checkpoint.DeleteCheckpoint:

@@ -52,6 +52,11 @@ type Config struct {
 	OrphanGrace time.Duration
 	// OrphanSweepInterval is how often the sweep runs (default 10 min).
 	OrphanSweepInterval time.Duration
+	// HistoryPerJob and HistoryMaxAge bound the checkpoint history: at most
+	// this many attempts per job (default 1000), none older than this
+	// (default 30 days).
+	HistoryPerJob int
+	HistoryMaxAge time.Duration
 
 	// Replicas is the replica count of every JetStream stream and KV bucket
 	// the coordinator creates (its buckets, its events stream, jobs' source
@@ -80,9 +85,12 @@ type Coordinator struct {
 	epoch uint64
 	rm    *resource.Manager
 	ckpts *ckptStore
+	hist  *history
 	jobs  map[string]*jobEntry
-	inbox chan func(now time.Time)
-	ready chan struct{}
+	// metrics are observed on the loop; see Collector.
+	metrics *coordMetrics
+	inbox   chan func(now time.Time)
+	ready   chan struct{}
 
 	requests  uint64 // savepoint request ids
 	attempts  uint64 // task deployments of this epoch, shared by every job master
@@ -99,6 +107,10 @@ type jobEntry struct {
 	// from is the savepoint or checkpoint the run was submitted with: its
 	// files stay referenced for the run's lifetime.
 	from *subjects.CheckpointRecord
+	// figures are the current attempts' figures, from heartbeats;
+	// lastCompleted is when the newest checkpoint or savepoint completed.
+	figures       map[int]taskFigures
+	lastCompleted time.Time
 }
 
 // New checks cfg and returns a coordinator that is not yet running.
@@ -127,13 +139,19 @@ func New(cfg Config) (*Coordinator, error) {
 	if err := (replicas.Policy{Replicas: cfg.Replicas}).Check(); err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
+	if cfg.HistoryPerJob <= 0 {
+		cfg.HistoryPerJob = DefaultHistoryPerJob
+	}
+	if cfg.HistoryMaxAge <= 0 {
+		cfg.HistoryMaxAge = DefaultHistoryMaxAge
+	}
 	js, err := jetstream.New(cfg.Conn)
 	if err != nil {
 		return nil, err
 	}
 	return &Coordinator{cfg: cfg, ns: cfg.Namespace, nc: cfg.Conn, js: js, log: cfg.Logger.With("component", "coordinator"),
 		jobs: map[string]*jobEntry{}, inbox: make(chan func(time.Time), 1024), ready: make(chan struct{}),
-		waiters: map[uint64]savepointWaiter{}}, nil
+		waiters: map[uint64]savepointWaiter{}, metrics: newCoordMetrics()}, nil
 }
 
 // Ready is closed once the coordinator answers on all its subjects.
@@ -210,6 +228,10 @@ func (c *Coordinator) trySetup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	hist, err := openHistory(ctx, c.js, c.ns, c.repl, c.cfg.HistoryPerJob, c.cfg.HistoryMaxAge)
+	if err != nil {
+		return err
+	}
 	epoch, err := m.nextEpoch(ctx)
 	if err != nil {
 		return err
@@ -218,7 +240,7 @@ func (c *Coordinator) trySetup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.meta, c.ckpts, c.epoch = m, ckpts, epoch
+	c.meta, c.ckpts, c.hist, c.epoch = m, ckpts, hist, epoch
 	c.rm = resource.New(resource.Config{Epoch: epoch, HeartbeatInterval: c.cfg.HeartbeatInterval, HeartbeatTimeout: c.cfg.HeartbeatTimeout})
 	for _, r := range recs {
 		if r.State.Terminal() {
@@ -334,7 +356,13 @@ func (c *Coordinator) startJob(r jobRecord, cps runCheckpoints, now time.Time) {
 	jm := jobmaster.New(c.epoch, r.Spec, cps.restore, &c.attempts)
 	cc := checkpoint.New(checkpoint.Config{Job: r.Spec.Name, Epoch: c.epoch, Spec: r.Spec.Checkpoint,
 		Parallelism: r.Spec.Parallelism, MaxParallelism: r.Spec.MaxParallelism}, cps.retained, cps.latest)
-	c.jobs[r.Spec.Name] = &jobEntry{jm: jm, cc: cc, rec: r, from: cps.from}
+	e := &jobEntry{jm: jm, cc: cc, rec: r, from: cps.from}
+	for _, cp := range cps.retained {
+		if cp.Completed.After(e.lastCompleted) {
+			e.lastCompleted = cp.Completed
+		}
+	}
+	c.jobs[r.Spec.Name] = e
 	c.doJM(r.Spec.Name, jm.Start(now), now)
 }
 
@@ -383,6 +411,7 @@ func (c *Coordinator) doRM(acts []resource.Action, now time.Time) {
 			}
 			for job, ids := range byJob {
 				if e := c.jobs[job]; e != nil {
+					c.metrics.failovers.WithLabelValues(job).Add(float64(len(ids)))
 					c.doJM(job, e.jm.WorkerLost(a.Worker, ids, now), now)
 				}
 			}

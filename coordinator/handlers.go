@@ -118,6 +118,9 @@ func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
 	c.enqueue(func(now time.Time) {
 		resp, acts := c.rm.Heartbeat(&hb, now)
 		subjects.Reply(msg, &resp)
+		if resp.Error == nil {
+			c.recordFigures(&hb)
+		}
 		c.doRM(acts, now)
 		if resp.Error == nil {
 			for _, s := range hb.Slots {
@@ -222,6 +225,7 @@ func (c *Coordinator) addService() (micro.Service, error) {
 		add(subjects.APISavepointList, c.apiSavepointList),
 		add(subjects.APISavepointDelete, c.apiSavepointDelete),
 		add(subjects.APICheckpointList, c.apiCheckpointList),
+		add(subjects.APICheckpointHistory, c.apiCheckpointHistory),
 	)
 	if err != nil {
 		_ = svc.Stop()
@@ -358,7 +362,7 @@ func (c *Coordinator) apiJobStatus(r micro.Request) {
 	}
 	info := call(c, func(time.Time) subjects.JobInfo {
 		if e := c.jobs[req.Job]; e != nil {
-			return e.jm.Info()
+			return c.jobInfo(e)
 		}
 		return subjects.JobInfo{Error: unknownJob(req.Job)}
 	})
@@ -386,7 +390,7 @@ func (c *Coordinator) apiJobList(r micro.Request) {
 	list := call(c, func(time.Time) subjects.JobList {
 		out := subjects.JobList{Jobs: []subjects.JobInfo{}}
 		for _, name := range sortedKeys(c.jobs) {
-			info := c.jobs[name].jm.Info()
+			info := c.jobInfo(c.jobs[name])
 			info.Spec = nil
 			out.Jobs = append(out.Jobs, info)
 		}

@@ -130,6 +130,9 @@ type TaskInfo struct {
 	// Skipped is how many events the current attempt has skipped (events
 	// its operator could not use), as of its worker's last heartbeat.
 	Skipped uint64 `json:"skipped,omitempty"`
+	// Stats are the figures of the current attempt, from its worker's last
+	// heartbeat (nil before the first).
+	Stats *TaskStats `json:"stats,omitempty"`
 }
 
 // JobInfo describes a job.
@@ -142,7 +145,13 @@ type JobInfo struct {
 	// LatestCheckpoint is the newest completed checkpoint or savepoint.
 	LatestCheckpoint uint64 `json:"latest_checkpoint,omitempty"`
 	Restarts         int    `json:"restarts,omitempty"`
-	Error            *Error `json:"error,omitempty"`
+	// Rate (events/s) and Lag (input messages not yet read) sum the tasks'
+	// Stats; LastCheckpointAt is when the newest completed checkpoint or
+	// savepoint of this coordinator's run of the job completed.
+	Rate             float64   `json:"rate,omitempty"`
+	Lag              uint64    `json:"lag,omitempty"`
+	LastCheckpointAt time.Time `json:"last_checkpoint_at,omitzero"`
+	Error            *Error    `json:"error,omitempty"`
 }
 
 func (*JobInfo) MsgType() Type     { return TypeJobInfo }

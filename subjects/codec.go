@@ -52,6 +52,9 @@ const (
 	TypeCheckpointList
 	TypeCheckpointRecord
 	TypeSavepointDelete
+	TypeCheckpointAttempt
+	TypeHistoryRequest
+	TypeCheckpointHistory
 	numTypes
 )
 
@@ -88,6 +91,9 @@ var typeNames = [numTypes]string{
 	TypeCheckpointList:    "checkpoint_list",
 	TypeCheckpointRecord:  "checkpoint_record",
 	TypeSavepointDelete:   "savepoint_delete",
+	TypeCheckpointAttempt: "checkpoint_attempt",
+	TypeHistoryRequest:    "history_request",
+	TypeCheckpointHistory: "checkpoint_history",
 }
 
 func (t Type) String() string {
@@ -391,6 +397,12 @@ func New(t Type) Message {
 		return new(CheckpointRecord)
 	case TypeSavepointDelete:
 		return new(SavepointDelete)
+	case TypeCheckpointAttempt:
+		return new(CheckpointAttempt)
+	case TypeHistoryRequest:
+		return new(HistoryRequest)
+	case TypeCheckpointHistory:
+		return new(CheckpointHistory)
 	}
 	return nil
 }

@@ -62,6 +62,9 @@ func validMessages() []Message {
 		&CheckpointList{},
 		&CheckpointRecord{Job: "clicks", ID: 5, Kind: KindCheckpoint, Format: statebackend.FormatNative, Location: "clicks/chk-5", Parallelism: 1, MaxParallelism: 128, Tasks: []TaskCheckpoint{{Task: 0, Handle: testHandle()}}},
 		&SavepointDelete{Location: "file:///sp/clicks/sp-6"},
+		testAttempt(),
+		&HistoryRequest{Job: "clicks", Limit: 10},
+		&CheckpointHistory{Attempts: []CheckpointAttempt{*testAttempt()}, Truncated: true},
 	}
 }
 
@@ -256,4 +259,11 @@ func TestErrorCodesHaveNames(t *testing.T) {
 	if CodeOf(errors.New("plain")) != CodeInternal {
 		t.Error("plain error is not internal")
 	}
+}
+
+func testAttempt() *CheckpointAttempt {
+	return &CheckpointAttempt{Job: "clicks", ID: 5, Kind: KindSavepoint, Trigger: TriggerStop, Outcome: OutcomeFailed,
+		Location: "savepoints/clicks/sp-5", Parallelism: 2, Triggered: time.Unix(100, 0).UTC(), Ended: time.Unix(101, 0).UTC(),
+		Duration: Duration(time.Second), Size: 10, Uploaded: 10, Failure: Errorf(CodeCheckpointDeclined, "task 1 declined"),
+		Tasks: []TaskAttempt{{Task: 0, Worker: "w1", Acked: true, Sync: Duration(time.Millisecond), Async: Duration(time.Second), Size: 10, Uploaded: 10}, {Task: 1, Worker: "w2"}}}
 }

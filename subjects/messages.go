@@ -77,6 +77,8 @@ type SlotReport struct {
 	// Skipped is how many events the task's attempt has skipped because
 	// its operator could not use them (or they had no usable key).
 	Skipped uint64 `json:"skipped,omitempty"`
+	// Stats are the figures of the task in the slot, if any.
+	Stats *TaskStats `json:"stats,omitempty"`
 }
 
 // Heartbeat is a worker's periodic liveness signal and slot report.

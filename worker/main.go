@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/flotilla-io/flotilla/internal/cli"
+	"github.com/flotilla-io/flotilla/internal/metrics"
 )
 
 // Main runs a worker from command-line arguments (without the program
@@ -49,6 +50,8 @@ type Flags struct {
 	DataDir string
 	Name    string
 	Slots   int
+	// Metrics is the address to serve Prometheus metrics on ("": off).
+	Metrics string
 }
 
 // ParseFlags parses Main's arguments.
@@ -61,6 +64,7 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	fs.StringVar(&f.DataDir, "data", cli.Env("FLOTILLA_DATA", "flotilla-worker"), "directory for the worker's identity and task state")
 	fs.StringVar(&f.Name, "name", os.Getenv("FLOTILLA_WORKER_NAME"), "worker name (default: kept in <data>/"+IDFile+")")
 	fs.IntVar(&f.Slots, "slots", 1, "number of task slots")
+	fs.StringVar(&f.Metrics, "metrics", os.Getenv("FLOTILLA_METRICS"), "serve Prometheus metrics on this address at /metrics, e.g. 127.0.0.1:9091 (env FLOTILLA_METRICS; default off)")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
@@ -92,6 +96,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	reg := metrics.NewRegistry()
+	store = metrics.ObjectStore(store, reg)
 	nc, err := f.Connect("flotilla worker", true, cli.LogConnection(logger))
 	if err != nil {
 		return err
@@ -100,6 +106,14 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	w, err := New(Config{Conn: nc, Namespace: ns, DataDir: f.DataDir, Slots: f.Slots, Name: f.Name, Store: store, Logger: logger})
 	if err != nil {
 		return err
+	}
+	reg.MustRegister(w.Collector(), metrics.NATS(nc))
+	if f.Metrics != "" {
+		addr, err := metrics.Serve(ctx, f.Metrics, reg, logger)
+		if err != nil {
+			return fmt.Errorf("-metrics: %w", err)
+		}
+		logger.Info("serving metrics", "url", "http://"+addr.String()+"/metrics")
 	}
 	return w.Run(ctx)
 }

@@ -58,6 +58,8 @@ type task struct {
 	beMu sync.RWMutex
 	be   *statebackend.Backend
 
+	counters taskCounters // read by heartbeats and metric scrapes
+
 	// ---
 	sink     *sink
 	batch    *statebackend.Batch
@@ -72,6 +74,7 @@ type task struct {
 	barriers barrierLog  // barriers taken, so that a repeated one is ignored
 	ckpts    map[uint64]*checkpoint
 	asyncWG  sync.WaitGroup
+	lag      uint64 // input num_pending at the last event read
 
 	// skipped counts the events this attempt skipped (bad()); heartbeats
 	// read it from other goroutines.
@@ -601,7 +604,7 @@ func (t *task) fireTimers() error {
 // apply applies one input event: its state changes go to the cache, its
 // outputs to t.outs and its group's applied mark to the batch.
 func (t *task) apply(ev *inputEvent) error {
-	t.position = max(t.position, ev.seq)
+	t.position, t.lag = max(t.position, ev.seq), ev.pending
 	if ev.time.After(t.clock.input) {
 		t.clock.input = ev.time
 	}
@@ -687,6 +690,7 @@ func (t *task) markPosition() error {
 // same ids), and a checkpoint waits until every output published before its
 // barrier is confirmed.
 func (t *task) publishOutputs() error {
+	t.counters.outputs(len(t.outs.recs))
 	if err := t.outs.publishAll(t.ctx, t.sink, t.spec.Sink.Subject, t.ref.Job); err != nil {
 		return err
 	}
@@ -712,6 +716,7 @@ func (t *task) commit() error {
 		return subjects.Errorf(subjects.CodeInternal, "commit state: %v", err)
 	}
 	t.cache.committed()
+	t.counters.events(t.n, t.lag)
 	t.n = 0
 	return t.publishOutputs()
 }

@@ -287,8 +287,9 @@ func (w *Worker) heartbeat(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
+		slots := w.statsReport(time.Now())
 		w.mu.Lock()
-		hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: w.slotReport()}
+		hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: slots}
 		w.mu.Unlock()
 		var resp subjects.HeartbeatResponse
 		err := w.request(ctx, w.ns.Heartbeat(w.name), &hb, &resp, interval)

@@ -137,7 +137,12 @@ func runCheckpointList(ctx context.Context, e *env, args []string,
 	list func(*client.Client, context.Context, string) ([]subjects.CheckpointRecord, error)) error {
 	cc := e.clientCmd()
 	tasks := cc.fs.Bool("tasks", false, "show per-task statistics")
+	hist := cc.fs.Bool("history", false, "every attempt (completed, failed, aborted) from the durable history, not only the retained checkpoints")
+	limit := cc.fs.Int("limit", 0, fmt.Sprintf("with --history: the newest N attempts (default %d, max %d)", subjects.DefaultHistoryLimit, subjects.MaxHistoryLimit))
 	return cc.run(args, func(api *client.Client, pos []string) error {
+		if *hist {
+			return runHistory(ctx, api, pos[0], *limit, *tasks, cc.json, e.stdout)
+		}
 		recs, err := list(api, ctx, pos[0])
 		if err != nil {
 			return err

@@ -15,6 +15,8 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	fs.IntVar(&cfg.Workers, "workers", 2, "number of workers")
 	fs.IntVar(&cfg.Slots, "slots", 2, "slots per worker")
 	fs.BoolVar(&cfg.Demo, "demo", false, "submit an example job, publish sample events and print what happens")
+	fs.StringVar(&cfg.HTTP, "http", cli.Env("FLOTILLA_HTTP", devcluster.DefaultHTTP), "serve the dashboard on this address (\"\": off; env FLOTILLA_HTTP)")
+	fs.StringVar(&cfg.Metrics, "metrics", cli.Env("FLOTILLA_METRICS", devcluster.DefaultMetrics), "serve Prometheus metrics of every part on this address at /metrics (\"\": off; env FLOTILLA_METRICS)")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
 	if _, err := e.parse(fs, args); err != nil {
 		return err

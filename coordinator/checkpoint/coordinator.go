@@ -58,16 +58,20 @@ type Commit struct {
 }
 
 // NotifyComplete: publish Complete to the tasks, give the record's handles
-// to the job master, publish a completion event.
+// to the job master, publish a completion event and record Attempt in the
+// checkpoint history.
 type NotifyComplete struct {
 	Complete subjects.Complete
 	Record   subjects.CheckpointRecord
+	Attempt  subjects.CheckpointAttempt
 }
 
-// NotifyAbort: publish Abort to the tasks and a failure event.
+// NotifyAbort: publish Abort to the tasks and a failure event, and record
+// Attempt in the checkpoint history.
 type NotifyAbort struct {
-	Abort subjects.Abort
-	Kind  subjects.CheckpointKind
+	Abort   subjects.Abort
+	Kind    subjects.CheckpointKind
+	Attempt subjects.CheckpointAttempt
 }
 
 // SavepointDone: answer the requester of a savepoint.
@@ -379,7 +383,8 @@ func (c *Coordinator) Committed(id uint64, err error, now time.Time) []Action {
 	}
 	delete(c.pending, id)
 	c.lastDone = now
-	acts := []Action{NotifyComplete{Complete: subjects.Complete{Epoch: c.cfg.Epoch, Job: c.cfg.Job, Checkpoint: id, Kind: p.kind}, Record: p.record}}
+	acts := []Action{NotifyComplete{Complete: subjects.Complete{Epoch: c.cfg.Epoch, Job: c.cfg.Job, Checkpoint: id, Kind: p.kind}, Record: p.record,
+		Attempt: c.attempt(p, nil, now)}}
 	if p.kind == subjects.KindCheckpoint {
 		c.failures = 0
 		c.retained = append(c.retained, p.record)
@@ -428,8 +433,9 @@ func (c *Coordinator) Cancel(reason string, now time.Time) []Action {
 			continue
 		}
 		delete(c.pending, id)
-		acts = append(acts, NotifyAbort{Kind: p.kind, Abort: subjects.Abort{Epoch: c.cfg.Epoch, Job: c.cfg.Job, Checkpoint: id,
-			Reason: subjects.Errorf(subjects.CodeCheckpointAborted, "%s", reason)}})
+		why := subjects.Errorf(subjects.CodeCheckpointAborted, "%s", reason)
+		acts = append(acts, NotifyAbort{Kind: p.kind, Abort: subjects.Abort{Epoch: c.cfg.Epoch, Job: c.cfg.Job, Checkpoint: id, Reason: why},
+			Attempt: c.attempt(p, why, now)})
 		if p.sp != nil {
 			acts = append(acts, c.savepointFailed(p.sp, subjects.Errorf(subjects.CodeCheckpointAborted, "%s", reason)))
 		}
@@ -443,7 +449,8 @@ func (c *Coordinator) Cancel(reason string, now time.Time) []Action {
 
 func (c *Coordinator) abort(p *pending, reason *subjects.Error, countFailure bool, now time.Time) []Action {
 	delete(c.pending, p.id)
-	acts := []Action{NotifyAbort{Kind: p.kind, Abort: subjects.Abort{Epoch: c.cfg.Epoch, Job: c.cfg.Job, Checkpoint: p.id, Reason: reason}}}
+	acts := []Action{NotifyAbort{Kind: p.kind, Abort: subjects.Abort{Epoch: c.cfg.Epoch, Job: c.cfg.Job, Checkpoint: p.id, Reason: reason},
+		Attempt: c.attempt(p, reason, now)}}
 	if p.sp != nil {
 		sp := p.sp
 		sp.attempts++
@@ -561,4 +568,32 @@ func (c *Coordinator) checkpointsPending() int {
 		}
 	}
 	return n
+}
+
+// attempt returns p's checkpoint history record, ended now: completed when
+// failure is nil, else failed or aborted by failure's code. Tasks that had
+// not acked are listed with Acked false.
+func (c *Coordinator) attempt(p *pending, failure *subjects.Error, now time.Time) subjects.CheckpointAttempt {
+	a := subjects.CheckpointAttempt{Job: c.cfg.Job, ID: p.id, Kind: p.kind, Trigger: subjects.TriggerPeriodic,
+		Outcome: subjects.OutcomeCompleted, Location: p.location, Parallelism: len(p.attempts),
+		Triggered: p.triggered.UTC(), Ended: now.UTC(), Duration: subjects.Duration(now.Sub(p.triggered)), Failure: failure}
+	if failure != nil {
+		a.Outcome = subjects.OutcomeOf(failure)
+	}
+	if p.sp != nil {
+		a.Trigger = subjects.TriggerUser
+		if p.sp.Stop {
+			a.Trigger = subjects.TriggerStop
+		}
+	}
+	for i := 0; i < len(p.attempts); i++ {
+		t := subjects.TaskAttempt{Task: i, Worker: p.workers[i]}
+		if ack, ok := p.acks[i]; ok {
+			t.Acked, t.Sync, t.Async, t.Size, t.Uploaded = true, ack.Sync, ack.Async, ack.Handle.Size, ack.Handle.Uploaded
+			a.Size += ack.Handle.Size
+			a.Uploaded += ack.Handle.Uploaded
+		}
+		a.Tasks = append(a.Tasks, t)
+	}
+	return a
 }

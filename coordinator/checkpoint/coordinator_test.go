@@ -27,6 +27,7 @@ import (
 //	savepoint id=9 [stop] [format=native]
 //	restart                       a new coordinator from the retained records
 //	retained
+//	show-history                  from now on, print the history record of each ended attempt
 //
 // Rewrite with go test ./coordinator/checkpoint -rewrite.
 func TestScenarios(t *testing.T) {
@@ -35,6 +36,13 @@ func TestScenarios(t *testing.T) {
 		now := start
 		var c *Coordinator
 		var cfg Config
+		showHistory := false
+		out := func(acts []Action) string {
+			if showHistory {
+				return format(acts) + historyLines(acts)
+			}
+			return format(acts)
+		}
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			arg := func(k string) string { return tracetest.Arg(d, k) }
 			num := func(k string) int { return tracetest.Int(d, k) }
@@ -69,7 +77,7 @@ func TestScenarios(t *testing.T) {
 						tasks = append(tasks, Task{Task: i, Attempt: 1, Worker: "w"})
 					}
 				}
-				return fmt.Sprintf("t=%s\n", now.Sub(start)) + format(c.Tick(now, tasks))
+				return fmt.Sprintf("t=%s\n", now.Sub(start)) + out(c.Tick(now, tasks))
 			case "ack":
 				task := num("task")
 				attempt := uint64(1)
@@ -102,13 +110,13 @@ func TestScenarios(t *testing.T) {
 				if ignored != "" {
 					return "ignored: " + ignored + "\n"
 				}
-				return format(acts)
+				return out(acts)
 			case "decline":
 				worker := "w"
 				if w := arg("worker"); w != "" {
 					worker = w
 				}
-				return format(c.Decline(&subjects.Decline{Worker: worker, Checkpoint: id(),
+				return out(c.Decline(&subjects.Decline{Worker: worker, Checkpoint: id(),
 					TaskRef: subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: 1},
 					Reason:  subjects.Errorf(subjects.CodeStorageUnavailable, "s3 down")}, now))
 			case "metadata", "commit":
@@ -121,11 +129,11 @@ func TestScenarios(t *testing.T) {
 					err = &MissingObjectsError{Keys: keys, Total: len(keys), Details: []string{keys[0] + ": absent"}}
 				}
 				if d.Cmd == "metadata" {
-					return format(c.MetadataWritten(id(), err, now))
+					return out(c.MetadataWritten(id(), err, now))
 				}
-				return format(c.Committed(id(), err, now))
+				return out(c.Committed(id(), err, now))
 			case "task-failed":
-				return format(c.TaskFailed(int(id()), now))
+				return out(c.TaskFailed(int(id()), now))
 			case "savepoint":
 				f := statebackend.FormatCanonical
 				if arg("format") == "native" {
@@ -134,10 +142,13 @@ func TestScenarios(t *testing.T) {
 				c.TriggerSavepoint(SavepointRequest{ID: uint64(num("id")), Format: f, Stop: arg("stop") != ""}, now)
 				return "queued\n"
 			case "cancel":
-				return format(c.Cancel("job canceled", now))
+				return out(c.Cancel("job canceled", now))
 			case "restart":
 				c = New(cfg, c.Retained(), 0)
 				return fmt.Sprintf("next id %d\n", c.nextID)
+			case "show-history":
+				showHistory = true
+				return "ok\n"
 			case "retained":
 				var b strings.Builder
 				for _, r := range c.Retained() {
@@ -183,6 +194,34 @@ func format(acts []Action) string {
 			fmt.Fprintf(&b, "fail-job: %s\n", a.Reason.Message)
 		default:
 			fmt.Fprintf(&b, "%T\n", a)
+		}
+	}
+	return b.String()
+}
+
+// historyLines prints the checkpoint history records of acts.
+func historyLines(acts []Action) string {
+	var b strings.Builder
+	for _, a := range acts {
+		var h subjects.CheckpointAttempt
+		switch a := a.(type) {
+		case NotifyComplete:
+			h = a.Attempt
+		case NotifyAbort:
+			h = a.Attempt
+		default:
+			continue
+		}
+		fmt.Fprintf(&b, "  history %s %d trigger=%s outcome=%s duration=%s size=%d uploaded=%d", h.Kind, h.ID, h.Trigger, h.Outcome, h.Duration.D(), h.Size, h.Uploaded)
+		if h.Failure != nil {
+			fmt.Fprintf(&b, " failure=%s", h.Failure.Code)
+		}
+		b.WriteString("\n")
+		for _, t := range h.Tasks {
+			fmt.Fprintf(&b, "    task %d worker=%s acked=%t size=%d uploaded=%d\n", t.Task, t.Worker, t.Acked, t.Size, t.Uploaded)
+		}
+		if err := h.Validate(); err != nil {
+			fmt.Fprintf(&b, "  invalid: %v\n", err)
 		}
 	}
 	return b.String()

@@ -186,3 +186,15 @@ func (c *Client) DeleteSavepoint(ctx context.Context, location string) error {
 	}
 	return resp.Err()
 }
+
+// History returns job's newest limit checkpoint and savepoint attempts
+// (completed, failed and aborted; 0: the server's default limit), oldest
+// first, and whether older ones exist.
+func (c *Client) History(ctx context.Context, job string, limit int) (subjects.CheckpointHistory, error) {
+	var h subjects.CheckpointHistory
+	err := c.call(ctx, c.ns.API(subjects.APICheckpointHistory), &subjects.HistoryRequest{Job: job, Limit: limit}, &h)
+	if err == nil {
+		err = errOf(h.Error)
+	}
+	return h, err
+}

@@ -24,6 +24,8 @@ import (
 
 	"github.com/flotilla-io/flotilla/coordinator"
 	"github.com/flotilla-io/flotilla/coordinator/client"
+	"github.com/flotilla-io/flotilla/coordinator/web"
+	"github.com/flotilla-io/flotilla/internal/metrics"
 	"github.com/flotilla-io/flotilla/internal/replicas"
 	"github.com/flotilla-io/flotilla/objectstore"
 	"github.com/flotilla-io/flotilla/subjects"
@@ -45,7 +47,21 @@ type Config struct {
 	Demo   bool
 	Out    io.Writer
 	Logger *slog.Logger
+	// Metrics is the address of the Prometheus endpoint of every part
+	// ("": off); DefaultMetrics unless set otherwise by the caller.
+	Metrics string
+	// HTTP is the address of the dashboard ("": off); DefaultHTTP unless
+	// set otherwise by the caller.
+	HTTP string
 }
+
+// DefaultHTTP is where `flotilla dev` serves the dashboard: the port of
+// Flink's web UI.
+const DefaultHTTP = "127.0.0.1:8081"
+
+// DefaultMetrics is where `flotilla dev` serves Prometheus metrics: the
+// port of Flink's Prometheus reporter.
+const DefaultMetrics = "127.0.0.1:9249"
 
 // Run runs the cluster until ctx is done.
 func Run(ctx context.Context, cfg Config) error {
@@ -86,10 +102,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("nats-server did not start on %s (port in use? try -listen 127.0.0.1:0)", cfg.Listen)
 	}
 	storeDir := filepath.Join(dataDir, "store")
-	store, err := objectstore.NewFS(storeDir)
+	fsStore, err := objectstore.NewFS(storeDir)
 	if err != nil {
 		return err
 	}
+	// One registry for the whole process: the store, the coordinator and
+	// every worker (their task series differ by job and task).
+	reg := metrics.NewRegistry()
+	store := metrics.ObjectStore(fsStore, reg)
 	connect := func(name string) (*nats.Conn, error) {
 		return nats.Connect(srv.ClientURL(), nats.Name(name), nats.MaxReconnects(-1))
 	}
@@ -120,6 +140,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	reg.MustRegister(co.Collector(), metrics.NATS(nc))
 	goRun("coordinator", co.Run, nc)
 	for i := 1; i <= cfg.Workers; i++ {
 		nc, err := connect(fmt.Sprintf("flotilla worker %d", i))
@@ -131,7 +152,24 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return err
 		}
+		reg.MustRegister(w.Collector())
 		goRun(fmt.Sprintf("worker %d", i), w.Run, nc)
+	}
+	metricsURL := "off"
+	if cfg.Metrics != "" {
+		addr, err := metrics.Serve(ctx, cfg.Metrics, reg, cfg.Logger)
+		if err != nil {
+			return fmt.Errorf("-metrics %s: %w", cfg.Metrics, err)
+		}
+		metricsURL = "http://" + addr.String() + "/metrics"
+	}
+	dashURL := "off"
+	if cfg.HTTP != "" {
+		addr, err := web.Serve(ctx, cfg.HTTP, web.Config{Conn: nc, Logger: cfg.Logger}, false)
+		if err != nil {
+			return fmt.Errorf("-http %s: %w", cfg.HTTP, err)
+		}
+		dashURL = "http://" + addr.String() + "/"
 	}
 	select {
 	case <-co.Ready():
@@ -141,6 +179,8 @@ func Run(ctx context.Context, cfg Config) error {
   NATS:          %s (JetStream in %s)
   object store:  file://%s
   coordinator and %d workers with %d slots each
+  dashboard:     %s
+  metrics:       %s
 
 From a second terminal:
   list workers:         go run ./cmd/flotilla workers
@@ -150,7 +190,7 @@ From a second terminal:
   query state:          go run ./cmd/flotilla state get clicks alice
   trigger a savepoint:  nats pub flotilla.trigger.savepoint.clicks ''
 
-`, srv.ClientURL(), filepath.Join(dataDir, "jetstream"), storeDir, cfg.Workers, cfg.Slots, storeDir)
+`, srv.ClientURL(), filepath.Join(dataDir, "jetstream"), storeDir, cfg.Workers, cfg.Slots, dashURL, metricsURL, storeDir)
 	if cfg.Demo && ctx.Err() == nil {
 		dnc, err := connect("flotilla demo")
 		if err != nil {

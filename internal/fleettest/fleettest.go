@@ -65,3 +65,40 @@ func (b *Buffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// Run runs a fleet part (a coordinator's or worker's Run) on its own
+// goroutine until the returned stop is called or the test ends; an error it
+// returns while not stopped fails the test. With ready set, Run waits up to
+// wait for it to be closed. The context is the part's.
+func Run(tb testing.TB, what string, run func(context.Context) error, ready <-chan struct{}, wait time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := run(ctx); err != nil && ctx.Err() == nil {
+			tb.Errorf("%s: %v", what, err)
+		}
+	}()
+	stop := func() { cancel(); <-done }
+	tb.Cleanup(stop)
+	if ready != nil {
+		select {
+		case <-ready:
+		case <-time.After(wait):
+			tb.Fatalf("%s not ready", what)
+		}
+	}
+	return ctx, stop
+}
+
+// WaitWorkers waits until exactly n workers are registered.
+func WaitWorkers(tb testing.TB, api *client.Client, n int) {
+	tb.Helper()
+	testutil.CheckFor(tb, 10*time.Second, 50*time.Millisecond, func() error {
+		ws, err := api.Workers(context.Background())
+		if err == nil && len(ws) != n {
+			err = fmt.Errorf("%d workers registered, want %d", len(ws), n)
+		}
+		return err
+	})
+}

@@ -89,35 +89,10 @@ func (f *fleet) startWorker(name string, slots int) (context.CancelFunc, *nats.C
 }
 
 // waitWorkers waits until n workers are registered.
-func (f *fleet) waitWorkers(n int) {
-	f.t.Helper()
-	testutil.CheckFor(f.t, 10*time.Second, 50*time.Millisecond, func() error {
-		ws, err := f.api.Workers(context.Background())
-		if err == nil && len(ws) != n {
-			err = fmt.Errorf("%d workers registered, want %d", len(ws), n)
-		}
-		return err
-	})
-}
+func (f *fleet) waitWorkers(n int) { fleettest.WaitWorkers(f.t, f.api, n) }
 
 func (f *fleet) run(what string, run func(context.Context) error, ready <-chan struct{}) context.CancelFunc {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := run(ctx); err != nil {
-			f.t.Errorf("%s: %v", what, err)
-		}
-	}()
-	stop := func() { cancel(); <-done }
-	f.t.Cleanup(stop)
-	if ready != nil {
-		select {
-		case <-ready:
-		case <-time.After(10 * time.Second):
-			f.t.Fatalf("%s not ready", what)
-		}
-	}
+	_, stop := fleettest.Run(f.t, what, run, ready, 10*time.Second)
 	return stop
 }
 
