@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/flotilla-io/flotilla/coordinator"
 	"github.com/flotilla-io/flotilla/coordinator/client"
@@ -172,7 +173,7 @@ func scrape(url string) (map[string]*dto.MetricFamily, error) {
 		b, _ := io.ReadAll(resp.Body)
 		return nil, fmt.Errorf("%s: %s: %s", url, resp.Status, b)
 	}
-	var p expfmt.TextParser
+	p := expfmt.NewTextParser(model.UTF8Validation)
 	return p.TextToMetricFamilies(resp.Body)
 }
 
