@@ -61,7 +61,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	defer acancel()
 	bctx, bcancel := chromedp.NewContext(actx)
 	defer bcancel()
-	bctx, tcancel := context.WithTimeout(bctx, 90*time.Second)
+	bctx, tcancel := context.WithTimeout(bctx, 2*time.Minute)
 	defer tcancel()
 
 	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
