@@ -64,40 +64,58 @@ func TestDashboardInBrowser(t *testing.T) {
 	bctx, tcancel := context.WithTimeout(bctx, 2*time.Minute)
 	defer tcancel()
 
-	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+	// The page re-renders every two seconds, so the test never holds a DOM
+	// node across calls: it waits, reads and clicks with one JavaScript
+	// expression each.
+	page := func() string {
+		html, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.querySelector("main").outerHTML`))
+		return html
+	}
+	navigate := func(url string) {
 		t.Helper()
-		if err := chromedp.Do(bctx, actions...); err != nil {
-			html, _ := chromedp.Run(bctx, chromedp.OuterHTML(chromedp.CSS("main")))
-			t.Fatalf("%s: %v\npage: %.3000s", what, err, html)
+		if err := chromedp.Do(bctx, chromedp.Navigate(url)); err != nil {
+			t.Fatalf("navigate to %s: %v", url, err)
+		}
+	}
+	waitFor := func(what, sel string) {
+		t.Helper()
+		if _, err := chromedp.Run(bctx, chromedp.Poll[bool](fmt.Sprintf("!!document.querySelector(%q)", sel),
+			chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
+			t.Fatalf("%s (%s): %v\npage: %.3000s", what, sel, err, page())
+		}
+	}
+	click := func(sel string) {
+		t.Helper()
+		if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](fmt.Sprintf("(e => (e.click(), true))(document.querySelector(%q))", sel))); err != nil {
+			t.Fatalf("click %s: %v\npage: %.3000s", sel, err, page())
 		}
 	}
 	text := func(sel string) string {
 		t.Helper()
-		s, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(sel)))
+		s, err := chromedp.Run(bctx, chromedp.Evaluate[string](fmt.Sprintf("document.querySelector(%q).textContent", sel)))
 		if err != nil {
 			t.Fatalf("text of %s: %v", sel, err)
 		}
 		return s
 	}
-	step("overview shows the fleet and the job",
-		chromedp.Navigate(base+"#/"),
-		chromedp.WaitVisible(chromedp.CSS(`#workers tbody tr`)),
-		chromedp.WaitVisible(chromedp.CSS(`#jobs tr[data-job="web"]`)))
+
+	navigate(base + "#/")
+	waitFor("the overview shows the fleet", `#workers tbody tr`)
+	waitFor("the overview shows the job", `#jobs tr[data-job="web"]`)
 	fleet, jobState := text(`#workers tbody`), text(`#jobs tr[data-job="web"] td:nth-child(2)`)
 	if !strings.Contains(fleet, "w1") || jobState != "running" {
 		t.Fatalf("overview: fleet %q, job state %q", fleet, jobState)
 	}
 
-	step("the job page charts a completed checkpoint",
-		chromedp.Navigate(base+"#/job/web"),
-		chromedp.WaitVisible(chromedp.CSS(`#tasks tbody tr`)),
-		chromedp.WaitVisible(chromedp.CSS(`svg#chart-duration circle.completed`)),
-		chromedp.WaitVisible(chromedp.CSS(`svg#chart-size circle.completed`)))
+	navigate(base + "#/job/web")
+	waitFor("the job page lists its tasks", `#tasks tbody tr`)
+	waitFor("the duration chart shows a completed checkpoint", `svg#chart-duration circle.completed[data-kind="checkpoint"]`)
+	waitFor("the size chart shows a completed checkpoint", `svg#chart-size circle.completed[data-kind="checkpoint"]`)
 
-	step("a savepoint triggered from the page appears in the history",
-		chromedp.Click(chromedp.CSS(`#act-savepoint`)),
-		chromedp.WaitVisible(chromedp.CSS(`#history tr[data-kind="savepoint"][data-outcome="completed"]`)),
-		chromedp.WaitVisible(chromedp.CSS(`#savepoints tbody tr`)))
+	click(`#act-savepoint`)
+	waitFor("the savepoint triggered from the page appears in the history", `#history tr[data-kind="savepoint"][data-outcome="completed"]`)
+	waitFor("and in the savepoints", `#savepoints tbody tr`)
+	waitFor("the action reports its outcome", `#action-result:not(:empty)`)
 	result := text(`#action-result`)
 	sps, err := f.api.Savepoints(context.Background(), spec.Name)
 	if err != nil || len(sps) != 1 {
@@ -107,9 +125,8 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("action result %q does not name savepoint location %s", result, sps[0].Location)
 	}
 
-	step("per-task detail",
-		chromedp.Click(chromedp.CSS(`#history tr[data-kind="savepoint"]`)),
-		chromedp.WaitVisible(chromedp.CSS(`table.task-detail tbody tr`)))
+	click(`#history tr[data-kind="savepoint"]`)
+	waitFor("the savepoint's per-task detail", `table.task-detail tbody tr`)
 	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatal(err)
@@ -120,17 +137,16 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	t.Logf("screenshot: %s (%d bytes)", path, len(shot))
 
-	// The live feed page lists the savepoint's completion event.
-	step("the live event feed",
-		chromedp.Navigate(base+"#/events"),
-		chromedp.WaitVisible(chromedp.CSS(`#feed`)))
+	// The live feed page lists the next savepoint's completion event.
+	navigate(base + "#/events")
+	waitFor("the live event feed", `#feed`)
 	if _, err := f.api.TriggerSavepoint(context.Background(), subjects.TriggerSavepoint{Job: spec.Name}); err != nil {
 		t.Fatal(err)
 	}
 	var feed string
 	testutil.CheckFor(t, 10*time.Second, 100*time.Millisecond, func() error {
 		var err error
-		if feed, err = chromedp.Run(bctx, chromedp.Text(chromedp.CSS(`#feed`))); err != nil {
+		if feed, err = chromedp.Run(bctx, chromedp.Evaluate[string](`document.querySelector("#feed").textContent`)); err != nil {
 			return err
 		}
 		if !strings.Contains(feed, "savepoint_completed") {
