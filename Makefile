@@ -12,7 +12,7 @@ GO_TEST_FLAGS ?= -race -count=1 -timeout 60m
 ARTIFACTS_DIR ?= $(HOME)/.cache/flotilla/artifacts
 export MINIO_BIN
 
-.PHONY: all build run test vet fmt-check unit tools chromium bench clean up down compose-images up-local
+.PHONY: all build run test vet fmt-check unit tools chromium bench clean up down compose-images up-local up-cluster down-cluster
 
 all: build
 
@@ -39,6 +39,16 @@ up:
 
 down:
 	$(COMPOSE_RUN) down
+
+# The same fleet on a three-node NATS cluster (compose/docker-compose.cluster.yml),
+# every stream and bucket R3.
+COMPOSE_CLUSTER = $(COMPOSE_RUN) -f compose/docker-compose.cluster.yml
+
+up-cluster:
+	$(COMPOSE_CLUSTER) up -d --build --scale worker=$(WORKERS)
+
+down-cluster:
+	$(COMPOSE_CLUSTER) down
 
 compose-images: tools
 	go run ./compose/images -minio-bin $(MINIO_BIN)

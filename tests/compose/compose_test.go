@@ -53,7 +53,7 @@ const (
 )
 
 func TestComposeCluster(t *testing.T) {
-	c := newCluster(t)
+	c := newCluster(t, "docker-compose.yml")
 
 	// Start order must not matter: the coordinator and the workers come up
 	// first, with neither NATS nor MinIO there, and wait for them.
@@ -178,7 +178,7 @@ type cluster struct {
 	t        *testing.T
 	ctx      context.Context
 	compCmd  []string // the compose command: docker compose, or docker-compose
-	file     string   // compose/docker-compose.yml
+	files    []string // compose/docker-compose.yml, and the files on top of it
 	project  string
 	env      []string // the environment compose runs with
 	user     string   // MinIO root user and password
@@ -196,7 +196,7 @@ type cluster struct {
 
 // newCluster checks for Docker and compose, builds the images and arranges
 // the teardown. Nothing runs yet.
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T, composeFiles ...string) *cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	t.Cleanup(cancel)
 	if out, err := run(ctx, 30*time.Second, nil, "docker", "info", "--format", "{{.ServerVersion}}"); err != nil {
@@ -210,12 +210,16 @@ func newCluster(t *testing.T) *cluster {
 	if err != nil {
 		testutil.NeedServer(t, "minio", testutil.MinIOHowToGet)
 	}
-	file, err := filepath.Abs(filepath.Join("..", "..", "compose", "docker-compose.yml"))
-	if err != nil {
-		t.Fatal(err)
+	var files []string
+	for _, f := range composeFiles {
+		file, err := filepath.Abs(filepath.Join("..", "..", "compose", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, file)
 	}
 	c := &cluster{
-		t: t, ctx: ctx, compCmd: compCmd, file: file,
+		t: t, ctx: ctx, compCmd: compCmd, files: files,
 		project:  "flotillatest" + randomHex(4),
 		user:     "flotilla-test",
 		password: randomHex(16),
@@ -323,7 +327,10 @@ func (c *cluster) compose(args ...string) string {
 }
 
 func (c *cluster) composeErr(ctx context.Context, args ...string) (string, error) {
-	full := append(slices.Clone(c.compCmd[1:]), "-p", c.project, "-f", c.file)
+	full := append(slices.Clone(c.compCmd[1:]), "-p", c.project)
+	for _, f := range c.files {
+		full = append(full, "-f", f)
+	}
 	return run(ctx, 5*time.Minute, c.env, c.compCmd[0], append(full, args...)...)
 }
 
