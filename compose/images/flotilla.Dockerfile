@@ -8,6 +8,9 @@ COPY rootfs/ /
 COPY --chown=65532:65532 data/ /var/lib/flotilla/
 USER 65532:65532
 WORKDIR /var/lib/flotilla
-ENV PATH=/usr/local/bin FLOTILLA_DATA=/var/lib/flotilla
+# USER and HOME: the base image has no /etc/passwd, and the natscli
+# context lookup asks who the user is (distroless's nonroot, as in
+# ../../Dockerfile).
+ENV PATH=/usr/local/bin FLOTILLA_DATA=/var/lib/flotilla USER=nonroot HOME=/home/nonroot
 ENTRYPOINT ["flotilla"]
 CMD ["--help"]
