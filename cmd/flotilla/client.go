@@ -141,13 +141,9 @@ func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {
 	if asJSON {
 		return printJSON(w, &info)
 	}
-	fmt.Fprintf(w, "job %s: %s (restarts %d, latest checkpoint %d)\n", info.Job, info.State, info.Restarts, info.LatestCheckpoint)
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TASK\tKEY GROUPS\tWORKER\tATTEMPT\tSTATE\tSKIPPED")
-	for _, t := range info.Tasks {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%d\n", t.Task, t.Range, t.Worker, t.Attempt, t.State, t.Skipped)
-	}
-	return tw.Flush()
+	fmt.Fprintf(w, "job %s: %s (restarts %d, %.1f events/s, lag %d, last checkpoint %s)\n", info.Job, info.State, info.Restarts,
+		info.Rate, info.Lag, lastCheckpoint(info, time.Now()))
+	return printTasks(w, info)
 }
 
 func runWorkers(ctx context.Context, e *env, args []string) error {

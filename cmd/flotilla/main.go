@@ -53,6 +53,7 @@ var commands = []*command{
 	{path: "savepoints", args: "JOB", brief: "list a job's savepoints", run: runSavepoints},
 	{path: "checkpoints", args: "JOB", brief: "a job's retained checkpoints and their statistics", run: runCheckpoints},
 	{path: "workers", brief: "list registered workers", run: runWorkers},
+	{path: "top", brief: "fleet, jobs and (--job) tasks with events/s, lag and last checkpoint age, refreshed", run: runTop},
 	{path: "state get", args: "JOB KEY", brief: "a key's current value", run: runStateGet},
 	{path: "version", brief: "the build: module version, commit, Go version", run: runVersion},
 }
