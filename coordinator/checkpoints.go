@@ -316,6 +316,12 @@ func (c *Coordinator) savepointDone(job string, a checkpoint.SavepointDone, now 
 	res := a.Result
 	if res.Error == nil {
 		res.Location = c.locationOf(res.Location)
+	} else {
+		// Whoever triggered it may not be listening (a bare publish): the
+		// log and the event are how they learn why no savepoint came.
+		c.log.Warn("savepoint request failed", "job", job, "request", a.Request, "err", res.Error)
+		c.event(subjects.Event{Kind: subjects.EventCheckpointFailed, Job: job, Error: res.Error,
+			Message: "savepoint request failed: " + res.Error.Message}, job)
 	}
 	if a.Stop && res.Error == nil {
 		// stop-with-savepoint: the job ends only now that the savepoint is
@@ -434,6 +440,12 @@ func (c *Coordinator) onTriggerSavepoint(msg *nats.Msg) {
 
 func (c *Coordinator) savepointError(r subjects.Responder, job string, err error) {
 	c.log.Warn("savepoint refused", "job", job, "err", err)
+	about := job
+	if subjects.ValidateName("job", job) != nil {
+		about = "" // not a subject token
+	}
+	c.event(subjects.Event{Kind: subjects.EventCheckpointFailed, Job: job, Error: subjects.AsError(err),
+		Message: "savepoint request refused"}, about)
 	if r != nil {
 		subjects.Reply(r, &subjects.SavepointResult{Job: job, Error: subjects.AsError(err)})
 	}

@@ -27,10 +27,14 @@ import (
 //
 // A record is completed once the compare-and-set of the latest pointer to
 // its id succeeded: that update is the commit. A record with an id above the
-// latest pointer was written by a commit that did not finish; it is ignored
-// and removed when found.
+// latest pointer is either being committed right now (stored, pointer not
+// yet moved) or was left by a commit that did not finish: readers ignore it,
+// and only a starting coordinator, before it commits anything, removes it.
 type ckptStore struct {
 	kv jetstream.KeyValue
+	// afterPut, if set, runs between storing a record and moving the latest
+	// pointer: tests use it to read the store inside that window.
+	afterPut func(subjects.CheckpointRecord)
 }
 
 type latestPointer struct {
@@ -97,6 +101,9 @@ func (s *ckptStore) commit(ctx context.Context, r subjects.CheckpointRecord) (er
 		return err
 	}); err != nil {
 		return err
+	}
+	if s.afterPut != nil {
+		s.afterPut(r)
 	}
 	ptr, _ := json.Marshal(latestPointer{ID: r.ID, Kind: r.Kind, Location: r.Location})
 	key := r.Job + ".latest"
@@ -233,14 +240,23 @@ func (s *ckptStore) forget(r subjects.CheckpointRecord) {
 
 // jobCheckpoints is what the store knows of one job.
 type jobCheckpoints struct {
-	latest      uint64
+	latest uint64
+	// highest is the highest id of any record found, committed or not: a
+	// new run numbers its checkpoints above it, so that it never reuses the
+	// id of a commit still in flight.
+	highest     uint64
 	checkpoints []subjects.CheckpointRecord // retained, oldest first
 	savepoints  []subjects.CheckpointRecord // oldest first
 }
 
-// load reads a job's records. Uncommitted leftovers (ids above the latest
-// pointer) are deleted; unreadable records are reported and skipped.
-func (s *ckptStore) load(ctx context.Context, job string) (jobCheckpoints, []error, error) {
+// load reads a job's committed records; unreadable records are reported and
+// skipped. Records with ids above the latest pointer are not committed and
+// are skipped. With prune they are deleted too, which is safe only while no
+// commit of the job can be in flight: when the coordinator starts, before it
+// resumes the job. Any other reader (a listing, a submit) must not prune: it
+// would delete the record of a commit that has stored it but not yet moved
+// the pointer, and that commit would then complete without a record.
+func (s *ckptStore) load(ctx context.Context, job string, prune bool) (jobCheckpoints, []error, error) {
 	var out jobCheckpoints
 	var warnings []error
 	if e, err := s.kv.Get(ctx, job+".latest"); err == nil {
@@ -268,9 +284,12 @@ func (s *ckptStore) load(ctx context.Context, job string) (jobCheckpoints, []err
 			warnings = append(warnings, fmt.Errorf("checkpoint record %s: %w", k, err))
 			continue
 		}
+		out.highest = max(out.highest, r.ID)
 		if r.ID > out.latest {
-			warnings = append(warnings, fmt.Errorf("checkpoint record %s was never committed; removing it", k))
-			_ = s.kv.Delete(ctx, k)
+			if prune {
+				warnings = append(warnings, fmt.Errorf("checkpoint record %s was never committed; removing it", k))
+				_ = s.kv.Delete(ctx, k)
+			}
 			continue
 		}
 		if r.Kind == subjects.KindSavepoint {
@@ -279,6 +298,7 @@ func (s *ckptStore) load(ctx context.Context, job string) (jobCheckpoints, []err
 			out.checkpoints = append(out.checkpoints, r)
 		}
 	}
+	out.highest = max(out.highest, out.latest)
 	byID := func(rs []subjects.CheckpointRecord) {
 		sort.Slice(rs, func(i, j int) bool { return rs[i].ID < rs[j].ID })
 	}

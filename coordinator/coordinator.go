@@ -275,7 +275,7 @@ func (c *Coordinator) reportSync(ctx context.Context) {
 
 // runCheckpoints is what a job run restores from.
 type runCheckpoints struct {
-	latest   uint64                      // highest committed id of the job name, any run
+	latest   uint64                      // highest checkpoint id the job name used, any run: ids continue above it
 	retained []subjects.CheckpointRecord // this run's retained checkpoints
 	restore  []jobmaster.RestorePoint    // this run's checkpoints and savepoints, and its initial savepoint
 	from     *subjects.CheckpointRecord  // the initial savepoint, if any
@@ -287,14 +287,16 @@ type runCheckpoints struct {
 // run's state.
 func (c *Coordinator) loadCheckpoints(ctx context.Context, r jobRecord) (runCheckpoints, error) {
 	var out runCheckpoints
-	jc, warnings, err := c.ckpts.load(ctx, r.Spec.Name)
+	// Called only while the coordinator starts, before it commits anything:
+	// records above the latest pointer are leftovers of a commit that died.
+	jc, warnings, err := c.ckpts.load(ctx, r.Spec.Name, true)
 	if err != nil {
 		return out, err
 	}
 	for _, w := range warnings {
 		c.log.Warn("checkpoint store", "job", r.Spec.Name, "warning", w)
 	}
-	out.latest = max(jc.latest, r.FirstID-1)
+	out.latest = max(jc.highest, r.FirstID-1)
 	var points []subjects.CheckpointRecord
 	for _, cp := range jc.checkpoints {
 		if cp.ID >= r.FirstID {

@@ -279,7 +279,7 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorCh
 	if err := c.ensureStream(spec); err != nil {
 		return subjects.JobInfo{}, err
 	}
-	jc, _, err := c.ckpts.load(ctx, spec.Name)
+	jc, _, err := c.ckpts.load(ctx, spec.Name, false)
 	if err != nil {
 		return subjects.JobInfo{}, subjects.Errorf(subjects.CodeStorageUnavailable, "reading checkpoints of %q: %v", spec.Name, err)
 	}
@@ -287,9 +287,11 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorCh
 		if e := c.jobs[spec.Name]; e != nil && !e.jm.State().Terminal() {
 			return subjects.JobInfo{Error: subjects.Errorf(subjects.CodeJobExists, "job %q is %s; cancel or stop it first", spec.Name, e.jm.State())}
 		}
-		// The run's checkpoint ids continue after the savepoint's, which
-		// may be another job's: restore points are tried newest id first.
-		latest := jc.latest
+		// The run's checkpoint ids continue after every record of the job
+		// name, committed or not (never reuse the id of a commit in flight),
+		// and after the savepoint's, which may be another job's: restore
+		// points are tried newest id first.
+		latest := jc.highest
 		if fromRec != nil {
 			latest = max(latest, fromRec.ID)
 		}
@@ -561,7 +563,7 @@ func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
 	if list == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
 		defer cancel()
-		jc, _, err := c.ckpts.load(ctx, req.Job)
+		jc, _, err := c.ckpts.load(ctx, req.Job, false)
 		if err != nil {
 			subjects.Reply(microResponder{r}, &subjects.CheckpointList{Error: subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err)})
 			return

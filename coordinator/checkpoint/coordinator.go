@@ -239,16 +239,26 @@ func (c *Coordinator) Tick(now time.Time, tasks []Task) []Action {
 				"%s %d expired after %s with %d of %d acks", p.kind, p.id, c.cfg.Spec.Timeout.D(), len(p.acks), len(p.attempts)), true, now)...)
 		}
 	}
-	// Savepoints that waited too long for the job to run fail.
-	for len(c.queue) > 0 && now.After(c.queue[0].deadline) && !c.savepointPending() {
-		sp := c.queue[0]
-		c.queue = c.queue[1:]
+	// Savepoints that waited too long to be taken fail, each at its own
+	// deadline: neither a job whose tasks do not all run nor a savepoint
+	// ahead of it in the queue holds a request past the checkpoint timeout.
+	queue := c.queue[:0]
+	for _, sp := range c.queue {
+		if !now.After(sp.deadline) {
+			queue = append(queue, sp)
+			continue
+		}
 		err := sp.lastErr
-		if err == nil {
+		switch {
+		case err != nil:
+		case c.savepointPending():
+			err = subjects.Errorf(subjects.CodeCheckpointExpired, "savepoint not taken within %s: an earlier savepoint of the job was still in progress", c.cfg.Spec.Timeout.D())
+		default:
 			err = subjects.Errorf(subjects.CodeJobNotRunning, "savepoint not taken within %s: the job's tasks were not all running", c.cfg.Spec.Timeout.D())
 		}
 		acts = append(acts, c.savepointFailed(sp, err))
 	}
+	c.queue = queue
 	if tasks == nil || len(tasks) != c.cfg.Parallelism {
 		return acts
 	}

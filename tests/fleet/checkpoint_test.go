@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -227,4 +228,38 @@ func TestRetention(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestUnservedSavepointIsReported: a savepoint triggered by a bare publish
+// (nobody to answer) for a job whose tasks cannot all run fails after the
+// checkpoint timeout with a checkpoint_failed event saying why.
+func TestUnservedSavepointIsReported(t *testing.T) {
+	f := newFleet(t)
+	f.startCoordinator()
+	f.startWorker("w1", 1)
+	f.waitWorkers(1)
+	events, err := f.nc.SubscribeSync(f.ns.Events(subjects.EventCheckpointFailed, "clicks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := countSpec("clicks", 2) // one slot for two tasks: never all running
+	spec.Checkpoint.Timeout = subjects.Duration(time.Second)
+	if _, err := f.api.Submit(context.Background(), spec, 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.nc.Publish(f.ns.TriggerSavepoint("clicks"), []byte(`{"format":"native"}`)); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := events.NextMsg(20 * time.Second)
+	if err != nil {
+		t.Fatalf("no checkpoint_failed event: %v", err)
+	}
+	var ev subjects.Event
+	if err := subjects.Decode(msg.Data, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Job != "clicks" || ev.Error == nil || ev.Error.Code != subjects.CodeSavepointFailed ||
+		!strings.Contains(ev.Error.Message, "not all running") {
+		t.Errorf("event: %+v", ev)
+	}
 }
