@@ -108,8 +108,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		return errors.New("worker: Run called twice")
 	}
 	w.started = true
+	w.mu.Unlock()
+	// One process per data directory: two workers sharing one would be the
+	// same worker, and each would delete the other's task state.
+	lock, err := lockDataDir(w.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	base, cancelTasks := context.WithCancel(context.Background())
 	defer cancelTasks()
+	w.mu.Lock()
 	w.base = base
 	w.mu.Unlock()
 
