@@ -86,6 +86,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// nats-server reports a port it cannot bind only in its log, and then
+	// never becomes ready: find out first, and say why.
+	if err := checkListen(cfg.Listen); err != nil {
+		return err
+	}
 	srv, err := server.NewServer(&server.Options{
 		ServerName: "flotilla-dev", Host: host, Port: port, NoSigs: true, NoLog: true,
 		JetStream: true, StoreDir: filepath.Join(dataDir, "jetstream"),
@@ -283,4 +288,15 @@ func DefaultDataDir() string {
 		return filepath.Join(d, "flotilla", "dev")
 	}
 	return filepath.Join(os.TempDir(), "flotilla-dev")
+}
+
+// checkListen fails at once, with the reason, when addr cannot be listened
+// on (most often: the port is in use, by another flotilla dev or a
+// nats-server).
+func checkListen(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w (is another flotilla dev or nats-server running? pick another address with -listen, e.g. -listen 127.0.0.1:0)", addr, err)
+	}
+	return l.Close()
 }
