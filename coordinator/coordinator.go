@@ -392,6 +392,9 @@ func (c *Coordinator) doRM(acts []resource.Action, now time.Time) {
 			go func() {
 				var resp subjects.SlotResponse
 				err := c.request(c.ns.SlotRequest(req.Worker), &req, &resp)
+				if err == nil && resp.Error != nil {
+					err = resp.Error // refused: no room, or a stale epoch
+				}
 				c.enqueue(func(now time.Time) {
 					if err != nil {
 						c.log.Warn("slot request failed", "worker", req.Worker, "job", req.Job, "err", err)

@@ -116,7 +116,11 @@ func (m *Heartbeat) Validate() error {
 type HeartbeatResponse struct {
 	Header
 	Epoch uint64 `json:"epoch,omitempty"`
-	Error *Error `json:"error,omitempty"`
+	// Release lists allocations of the slot report that the coordinator no
+	// longer has (their job ended, failed or gave them back): the worker
+	// frees those slots, stopping any task in them.
+	Release []string `json:"release,omitempty"`
+	Error   *Error   `json:"error,omitempty"`
 }
 
 func (*HeartbeatResponse) MsgType() Type   { return TypeHeartbeatResponse }

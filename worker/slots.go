@@ -275,6 +275,21 @@ func (t *slotTable) cancel(c *subjects.CancelTask) ([]subjects.TaskRef, error) {
 	return stop, nil
 }
 
+// release frees the slots held for allocs (allocations the coordinator no
+// longer has) and returns the attempts to stop.
+func (t *slotTable) release(allocs []string) []subjects.TaskRef {
+	var stop []subjects.TaskRef
+	for _, a := range allocs {
+		if i := t.byAlloc(a); i >= 0 {
+			if t.slots[i].hasTask() {
+				stop = append(stop, t.slots[i].task)
+			}
+			t.slots[i].free()
+		}
+	}
+	return stop
+}
+
 // stopAll empties every slot and returns the attempts to stop, for
 // shutdown.
 func (t *slotTable) stopAll() []subjects.TaskRef {

@@ -313,6 +313,13 @@ func (w *Worker) heartbeat(ctx context.Context, interval time.Duration) {
 			continue
 		}
 		missed = 0
+		if len(resp.Release) > 0 {
+			w.mu.Lock()
+			stop := w.table.release(resp.Release)
+			w.mu.Unlock()
+			w.log.Info("freeing slots the coordinator no longer allocates", "allocations", resp.Release, "stopping", len(stop))
+			w.stopTasks(stop)
+		}
 		if resp.Error != nil {
 			if resp.Error.Code == subjects.CodeUnknownWorker {
 				w.log.Info("coordinator does not know this worker; registering again", "epoch", resp.Epoch)

@@ -179,17 +179,24 @@ func (m *Manager) Heartbeat(hb *subjects.Heartbeat, now time.Time) (subjects.Hea
 	w.info.LastHeartbeat = now
 	// Reconcile the slot report: what the worker holds wins for allocations
 	// we know; a slot we believe requested but the worker reports free after
-	// the request timed out is given up.
+	// the request timed out is given up. A slot held for an allocation we no
+	// longer have (released when its job ended or failed, or dropped after
+	// its request timed out) is one the worker would keep forever while we
+	// count it free: the answer tells the worker to free it. Allocation ids
+	// are never reused, so an unknown one can never become valid again.
+	resp := subjects.HeartbeatResponse{Epoch: m.cfg.Epoch}
 	for _, s := range hb.Slots {
-		if s.Slot < 0 || s.Slot >= len(w.slots) {
+		if s.Slot < 0 || s.Slot >= len(w.slots) || s.Allocation == "" {
 			continue
 		}
 		if a, ok := m.allocs[s.Allocation]; ok && a.Worker == w.info.Worker {
 			a.confirmed, a.Slot = true, s.Slot
 			w.slots[s.Slot] = a.ID
+		} else {
+			resp.Release = append(resp.Release, s.Allocation)
 		}
 	}
-	return subjects.HeartbeatResponse{Epoch: m.cfg.Epoch}, m.schedule(now)
+	return resp, m.schedule(now)
 }
 
 // SlotRequestAnswered records the slot a worker reserved for an allocation.

@@ -66,6 +66,9 @@ func TestScenarios(t *testing.T) {
 				}
 				resp, acts := m.Heartbeat(hb, now)
 				out := "-> ok\n"
+				if len(resp.Release) > 0 {
+					out = fmt.Sprintf("-> ok release=%v\n", resp.Release)
+				}
 				if resp.Error != nil {
 					out = fmt.Sprintf("-> error %s\n", resp.Error.Code)
 				}
