@@ -404,6 +404,14 @@ func (c *Coordinator) doRM(acts []resource.Action, now time.Time) {
 					c.rm.SlotRequestAnswered(req.Allocation, resp.Slot)
 				})
 			}()
+		case resource.SlotsShort:
+			if e := c.jobs[a.Job]; e != nil {
+				c.doJM(a.Job, e.jm.SlotsShort(a.Shortage, now), now)
+			}
+		case resource.SlotsMet:
+			if e := c.jobs[a.Job]; e != nil {
+				c.doJM(a.Job, e.jm.SlotsMet(now), now)
+			}
 		case resource.WorkerJoined:
 			c.log.Info("worker joined", "worker", a.Info.Worker, "instance", a.Info.Instance, "slots", a.Info.Slots)
 			c.event(subjects.Event{Kind: subjects.EventWorkerJoined, Worker: a.Info.Worker, Message: fmt.Sprintf("%d slots", a.Info.Slots)}, a.Info.Worker)

@@ -419,7 +419,7 @@ func (c *Coordinator) apiStateGet(r micro.Request) {
 		return
 	}
 	type lookup struct {
-		m   int
+		g   int
 		err *subjects.Error
 	}
 	l := call(c, func(time.Time) lookup {
@@ -427,16 +427,27 @@ func (c *Coordinator) apiStateGet(r micro.Request) {
 		if e == nil {
 			return lookup{err: unknownJob(q.Job)}
 		}
-		if e.jm.State() != subjects.JobRunning {
-			return lookup{err: subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", q.Job, e.jm.State())}
+		st := e.jm.State()
+		if st != subjects.JobRunning && st != subjects.JobWaiting {
+			return lookup{err: subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", q.Job, st)}
 		}
-		return lookup{m: e.jm.Spec().MaxParallelism}
+		g := keygroup.Of([]byte(q.Key), e.jm.Spec().MaxParallelism)
+		if info := e.jm.Info(); info.Waiting != nil {
+			// Say which task cannot answer and why, rather than time out.
+			for _, t := range info.Tasks {
+				if t.Range.Contains(g) && t.Worker == "" {
+					return lookup{g: g, err: subjects.Errorf(subjects.CodeUnavailable, "task %d of %q, owning key group %d, has no slot: the job is %s",
+						t.Task, q.Job, g, info.Waiting)}
+				}
+			}
+		}
+		return lookup{g: g}
 	})
 	if l.err != nil {
-		subjects.Reply(microResponder{r}, &subjects.StateResult{Job: q.Job, Key: q.Key, Error: l.err})
+		subjects.Reply(microResponder{r}, &subjects.StateResult{Job: q.Job, Key: q.Key, Group: l.g, Error: l.err})
 		return
 	}
-	g := keygroup.Of([]byte(q.Key), l.m)
+	g := l.g
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
 	defer cancel()
 	msg, err := c.nc.RequestWithContext(ctx, c.ns.StateQuery(q.Job, g), subjects.MustEncode(&q))

@@ -1,6 +1,7 @@
 package subjects
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/flotilla-io/flotilla/statebackend"
@@ -151,7 +152,21 @@ type JobInfo struct {
 	Rate             float64   `json:"rate,omitempty"`
 	Lag              uint64    `json:"lag,omitempty"`
 	LastCheckpointAt time.Time `json:"last_checkpoint_at,omitzero"`
-	Error            *Error    `json:"error,omitempty"`
+	// Waiting is set while the job is JobWaiting.
+	Waiting *SlotShortage `json:"waiting,omitempty"`
+	Error   *Error        `json:"error,omitempty"`
+}
+
+// SlotShortage says why a job waits: it needs Needed slots (one per task)
+// and the fleet can give it only Free of them (the slots it holds or has
+// requested; no live worker that runs its operator has another free).
+type SlotShortage struct {
+	Needed int `json:"slots_needed"`
+	Free   int `json:"slots_free"`
+}
+
+func (s SlotShortage) String() string {
+	return fmt.Sprintf("waiting for slots: %d needed, %d free", s.Needed, s.Free)
 }
 
 func (*JobInfo) MsgType() Type     { return TypeJobInfo }

@@ -71,9 +71,13 @@ const (
 	JobCanceled
 	JobFinished
 	JobStopping
+	// JobWaiting: the job cannot get a slot for every task (Flink's
+	// NoResourceAvailable); tasks with a slot run, the others wait for
+	// workers to join or slots to be freed. JobInfo.Waiting says how many.
+	JobWaiting
 )
 
-var jobStates = enum[JobState]{[]string{"", "created", "running", "restarting", "failed", "canceled", "finished", "stopping"}}
+var jobStates = enum[JobState]{[]string{"", "created", "running", "restarting", "failed", "canceled", "finished", "stopping", "waiting"}}
 
 func (s JobState) String() string { return jobStates.str(s) }
 

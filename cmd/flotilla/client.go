@@ -143,6 +143,9 @@ func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {
 	}
 	fmt.Fprintf(w, "job %s: %s (restarts %d, %.1f events/s, lag %d, last checkpoint %s)\n", info.Job, info.State, info.Restarts,
 		info.Rate, info.Lag, lastCheckpoint(info, time.Now()))
+	if info.Waiting != nil {
+		fmt.Fprintf(w, "%s: add workers or free slots\n", info.Waiting)
+	}
 	return printTasks(w, info)
 }
 

@@ -114,6 +114,7 @@ type Master struct {
 	restarts int
 	failures int // consecutive, for the restart delay
 	lastFail time.Time
+	short    *subjects.SlotShortage // while JobWaiting
 
 	// restore holds the points tasks restore from, newest first: the
 	// retained completed checkpoints and savepoints.
@@ -295,6 +296,36 @@ func (m *Master) restorePointFor(t *task) (RestorePoint, bool) {
 	return RestorePoint{}, len(m.restore) == 0
 }
 
+// SlotsShort: the resource manager cannot give the job a slot for every
+// task. The job waits (JobWaiting, Flink's NoResourceAvailable) instead of
+// claiming to run with tasks on no worker; tasks that have a slot run on.
+func (m *Master) SlotsShort(s subjects.SlotShortage, now time.Time) []Action {
+	if !m.active() {
+		return nil
+	}
+	m.short = &s
+	if m.state == subjects.JobWaiting {
+		// Still waiting, for a different number of slots: say so.
+		return []Action{StateChanged{State: m.state, Reason: s.String()}}
+	}
+	return m.setState(subjects.JobWaiting, s.String())
+}
+
+// SlotsMet: the job has (or has requested) a slot for every task again.
+func (m *Master) SlotsMet(now time.Time) []Action {
+	if m.state != subjects.JobWaiting {
+		return nil
+	}
+	m.short = nil
+	return m.setState(subjects.JobRunning, "a slot for every task")
+}
+
+// active reports whether the job is running or waiting for slots: whether
+// it deploys tasks.
+func (m *Master) active() bool {
+	return m.state == subjects.JobRunning || m.state == subjects.JobWaiting
+}
+
 // FailAll fails every task over, e.g. after too many failed checkpoints.
 func (m *Master) FailAll(err *subjects.Error, now time.Time) []Action {
 	var acts []Action
@@ -384,6 +415,10 @@ func (m *Master) Attempt(i int) uint64 {
 func (m *Master) Info() subjects.JobInfo {
 	spec := m.spec
 	info := subjects.JobInfo{Job: m.spec.Name, State: m.state, Spec: &spec, LatestCheckpoint: m.LatestRestorePoint(), Restarts: m.restarts}
+	if m.state == subjects.JobWaiting && m.short != nil {
+		s := *m.short
+		info.Waiting = &s
+	}
 	for _, t := range m.tasks {
 		info.Tasks = append(info.Tasks, subjects.TaskInfo{Task: t.index, Range: t.rng, Worker: t.worker, Attempt: t.attempt, State: t.state, Skipped: t.skipped})
 	}
@@ -445,15 +480,16 @@ func (m *Master) fail(t *task, err *subjects.Error, release bool, now time.Time)
 	m.failures++
 	m.restarts++
 	m.lastFail = now
+	restartAt := now.Add(delay)
 	t.alloc, t.worker = "", ""
-	t.state, t.since, t.restartAt = subjects.TaskFailed, now, now.Add(delay)
+	t.state, t.since, t.restartAt = subjects.TaskFailed, now, restartAt
 	acts = append(acts, TaskFailed{Task: failed, Worker: worker, Err: err, Delay: delay, Restart: m.restarts})
 	return append(acts, m.demand())
 }
 
 // deployWaiting deploys every task that is due into a free pooled slot.
 func (m *Master) deployWaiting(now time.Time) []Action {
-	if m.state != subjects.JobRunning {
+	if !m.active() {
 		return nil
 	}
 	var acts []Action

@@ -24,6 +24,8 @@ import (
 //	lost w1 a1 a2                           the resource manager lost a worker
 //	tick 1s
 //	completed 7                             checkpoint 7 completed
+//	short needed=3 free=2                   the resource manager cannot give every task a slot
+//	met                                     ... and now can
 //	cancel
 //	info
 //
@@ -103,12 +105,19 @@ func TestScenarios(t *testing.T) {
 				fmt.Sscan(d.CmdArgs[0].Key, &id)
 				m.CheckpointCompleted(id, []statebackend.Handle{{Format: statebackend.FormatNative, Manifest: "all", Range: keygroup.Range{Start: 0, End: m.Spec().MaxParallelism - 1}}})
 				return "ok\n"
+			case "short":
+				return format(m.SlotsShort(subjects.SlotShortage{Needed: num("needed"), Free: num("free")}, now))
+			case "met":
+				return format(m.SlotsMet(now))
 			case "cancel":
 				return format(m.Cancel("by user", now))
 			case "info":
 				info := m.Info()
 				var b strings.Builder
 				fmt.Fprintf(&b, "%s running=%v restarts=%d restore=%d\n", info.State, m.AllRunning(), info.Restarts, info.LatestCheckpoint)
+				if info.Waiting != nil {
+					fmt.Fprintf(&b, "%s\n", info.Waiting)
+				}
 				for _, t := range info.Tasks {
 					fmt.Fprintf(&b, "task %d %s worker=%q attempt=%s %s\n", t.Task, t.Range, t.Worker, attemptStr(t.Attempt), t.State)
 				}

@@ -57,6 +57,19 @@ type WorkerLost struct {
 	Reason           string
 }
 
+// SlotsShort: job's demand cannot be met; Shortage says by how much. It is
+// returned when a job becomes short and whenever the numbers change.
+type SlotsShort struct {
+	Job      string
+	Shortage subjects.SlotShortage
+}
+
+// SlotsMet: a job that was short of slots has them all (allocated or
+// requested).
+type SlotsMet struct{ Job string }
+
+func (SlotsShort) isAction()      {}
+func (SlotsMet) isAction()        {}
 func (SendSlotRequest) isAction() {}
 func (WorkerJoined) isAction()    {}
 func (WorkerLost) isAction()      {}
@@ -106,6 +119,7 @@ type allocation struct {
 type demand struct {
 	slots    int
 	operator string
+	short    *subjects.SlotShortage // last reported, nil when met
 }
 
 // Manager is the resource manager. Create it with New.
@@ -236,7 +250,9 @@ func (m *Manager) SetDemand(job string, slots int, operator string, now time.Tim
 		delete(m.demand, job)
 		return nil
 	}
-	m.demand[job] = demand{slots: slots, operator: operator}
+	d := m.demand[job]
+	d.slots, d.operator = slots, operator
+	m.demand[job] = d
 	return m.schedule(now)
 }
 
@@ -356,6 +372,20 @@ func (m *Manager) schedule(now time.Time) []Action {
 			m.allocs[id] = &allocation{Allocation: Allocation{ID: id, Job: job, Worker: w.info.Worker, Slot: -1}, requested: now}
 			m.refreshFree(w)
 			acts = append(acts, SendSlotRequest{Req: subjects.SlotRequest{Epoch: m.cfg.Epoch, Worker: w.info.Worker, Allocation: id, Job: job}})
+		}
+		// Report a shortage when it starts or changes, and its end.
+		switch {
+		case have < d.slots:
+			s := subjects.SlotShortage{Needed: d.slots, Free: have}
+			if d.short == nil || *d.short != s {
+				d.short = &s
+				m.demand[job] = d
+				acts = append(acts, SlotsShort{Job: job, Shortage: s})
+			}
+		case d.short != nil:
+			d.short = nil
+			m.demand[job] = d
+			acts = append(acts, SlotsMet{Job: job})
 		}
 	}
 	return acts

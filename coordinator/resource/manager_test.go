@@ -107,6 +107,10 @@ func format(acts []Action) string {
 		switch a := a.(type) {
 		case SendSlotRequest:
 			fmt.Fprintf(&b, "slot-request %s alloc=%s job=%s\n", a.Req.Worker, a.Req.Allocation, a.Req.Job)
+		case SlotsShort:
+			fmt.Fprintf(&b, "short %s: %s\n", a.Job, a.Shortage)
+		case SlotsMet:
+			fmt.Fprintf(&b, "met %s\n", a.Job)
 		case WorkerJoined:
 			fmt.Fprintf(&b, "joined %s slots=%d\n", a.Info.Worker, a.Info.Slots)
 		case WorkerLost:

@@ -10,6 +10,7 @@ import (
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
 	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
@@ -71,4 +72,75 @@ func TestFailedJobGivesSlotsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.checkState("clicks", truth, 30*time.Second)
+}
+
+// TestUnplaceableJobWaits: a job with more tasks than free slots is
+// waiting, with the slots it needs and has, in its status, its events and
+// state queries; once a worker brings the missing slot it runs.
+func TestUnplaceableJobWaits(t *testing.T) {
+	f := newFleet(t)
+	f.startCoordinator()
+	f.startWorker("w1", 2)
+	f.waitWorkers(1)
+	events, err := f.nc.SubscribeSync(f.ns.Events(subjects.EventJobStateChanged, "clicks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := f.api.Submit(ctx, countSpec("clicks", 3), 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		info, err := f.api.Status(ctx, "clicks")
+		if err != nil {
+			return err
+		}
+		if info.State != subjects.JobWaiting || info.Waiting == nil || *info.Waiting != (subjects.SlotShortage{Needed: 3, Free: 2}) {
+			return fmt.Errorf("job is %s, waiting %+v", info.State, info.Waiting)
+		}
+		return nil
+	})
+	for {
+		msg, err := events.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("no job_state event saying waiting: %v", err)
+		}
+		var ev subjects.Event
+		if err := subjects.Decode(msg.Data, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.State == subjects.JobWaiting {
+			if !strings.Contains(ev.Message, "3 needed, 2 free") {
+				t.Errorf("event: %+v", ev)
+			}
+			break
+		}
+	}
+	// A key of the task without a slot: the answer says why, at once.
+	info, _ := f.api.Status(ctx, "clicks")
+	var unplaced subjects.TaskInfo
+	for _, task := range info.Tasks {
+		if task.Worker == "" {
+			unplaced = task
+		}
+	}
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("user-%d", i)
+		if !unplaced.Range.Contains(keygroup.Of([]byte(key), info.Spec.MaxParallelism)) {
+			continue
+		}
+		_, err := f.api.State(ctx, "clicks", key)
+		if subjects.CodeOf(err) != subjects.CodeUnavailable || !strings.Contains(err.Error(), "has no slot") {
+			t.Errorf("state of a key without a task: %v", err)
+		}
+		break
+	}
+
+	f.startWorker("w2", 1)
+	truth := map[string]int64{}
+	f.publish(300, 30, 51, truth)
+	f.checkState("clicks", truth, 30*time.Second)
+	if info, err := f.api.Status(ctx, "clicks"); err != nil || info.State != subjects.JobRunning || info.Waiting != nil {
+		t.Errorf("status once placed: %+v %v", info, err)
+	}
 }
