@@ -114,7 +114,9 @@ type Master struct {
 	restarts int
 	failures int // consecutive, for the restart delay
 	lastFail time.Time
-	short    *subjects.SlotShortage // while JobWaiting
+	// backoffUntil is when the restarts of the current incident are due.
+	backoffUntil time.Time
+	short        *subjects.SlotShortage // while JobWaiting
 
 	// restore holds the points tasks restore from, newest first: the
 	// retained completed checkpoints and savepoints.
@@ -473,14 +475,24 @@ func (m *Master) fail(t *task, err *subjects.Error, release bool, now time.Time)
 	if !m.lastFail.IsZero() && now.Sub(m.lastFail) > ResetBackoffAfter {
 		m.failures = 0
 	}
-	delay := m.spec.Restart.InitialDelay.D() << min(m.failures, 30)
-	if max := m.spec.Restart.MaxDelay.D(); delay > max || delay <= 0 {
-		delay = max
+	// A failure while an earlier one's restart is still pending belongs to
+	// the same incident (one lost worker fails all its tasks at once): it
+	// restarts with the earlier one and does not grow the delay (Flink's
+	// exponential-delay strategy since FLIP-364). Otherwise the seventh
+	// task of a lost worker would wait 64 times the initial delay.
+	restartAt := m.backoffUntil
+	if !now.Before(m.backoffUntil) {
+		delay := m.spec.Restart.InitialDelay.D() << min(m.failures, 30)
+		if max := m.spec.Restart.MaxDelay.D(); delay > max || delay <= 0 {
+			delay = max
+		}
+		m.failures++
+		restartAt = now.Add(delay)
+		m.backoffUntil = restartAt
 	}
-	m.failures++
+	delay := restartAt.Sub(now)
 	m.restarts++
 	m.lastFail = now
-	restartAt := now.Add(delay)
 	t.alloc, t.worker = "", ""
 	t.state, t.since, t.restartAt = subjects.TaskFailed, now, restartAt
 	acts = append(acts, TaskFailed{Task: failed, Worker: worker, Err: err, Delay: delay, Restart: m.restarts})
