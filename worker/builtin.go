@@ -23,8 +23,9 @@ import (
 //	window  tumbling windows of the spec's size on the events' JetStream timestamps: the
 //	        latest window {"start", "end", "count"[, "sum"][, "closed"]}; a window is
 //	        closed and emitted by a processing-time timer at its end once the input has
-//	        passed it, or earlier by an event of a later window. An event of a closed
-//	        window is late: skipped (ErrLateEvent).
+//	        passed it (an event of any key stamped at or after its end was applied), or
+//	        earlier by an event of a later window. An event of a closed window is late:
+//	        skipped (ErrLateEvent).
 func init() {
 	Register("count", func(subjects.OperatorSpec) (Operator, error) { return countOp{}, nil })
 	Register("sum", newSum)
@@ -323,7 +324,8 @@ func (o windowOp) Process(ctx *Context, ev Event) error {
 }
 
 // OnTimer closes the key's open window once the task's input has passed its
-// end: windows close on time even when the key goes quiet. A timer that
+// end: windows close on time even when the key goes quiet, as long as the
+// input moves, and hold exactly the events stamped before their end. A timer that
 // finds the input behind the window's end (a task catching up on a backlog)
 // tries again a little later.
 func (o windowOp) OnTimer(ctx *Context, tm Timer) error {

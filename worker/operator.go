@@ -124,10 +124,8 @@ type Context struct {
 // taskClock is the time a task's operators see.
 type taskClock struct {
 	now time.Time // processing time, read from the Clock once per round
-	// input is the newest JetStream timestamp of the events applied, and
-	// caughtUp whether the last one read was the last in the input.
-	input    time.Time
-	caughtUp bool
+	// input is the newest JetStream timestamp of the events applied.
+	input time.Time
 }
 
 // NewContext returns a Context over st for key, for testing operators
@@ -138,7 +136,7 @@ func NewContext(st KeyedState, key string) *Context { return NewContextAt(st, ke
 // input time) is now, for testing operators without a task. Timers it
 // registers are stored in st under TimerState; nothing fires them.
 func NewContextAt(st KeyedState, key string, now time.Time) *Context {
-	c := &Context{st: storeAdapter{st}, clock: &taskClock{now: now, input: now, caughtUp: true}}
+	c := &Context{st: storeAdapter{st}, clock: &taskClock{now: now, input: now}}
 	c.reset(key, 0, 0)
 	return c
 }
@@ -191,16 +189,16 @@ func (c *Context) Delete(state string) error {
 func (c *Context) Now() time.Time { return c.clock.now }
 
 // InputTime returns how far the task's input has progressed, in JetStream
-// time: the timestamp of the newest event applied, or Now once the task has
-// applied everything its input held when it last read. An operator that
-// assigns events to windows by Event.Time can close a window ending at t
-// once InputTime is past t: no event of it is still unread.
-func (c *Context) InputTime() time.Time {
-	if c.clock.caughtUp && c.clock.now.After(c.clock.input) {
-		return c.clock.now
-	}
-	return c.clock.input
-}
+// time: the timestamp of the newest event applied. Every event stored
+// before it has been applied, since a stream's timestamps grow with its
+// sequence, so an operator that assigns events to windows by Event.Time can
+// close a window ending at t once InputTime is past t, and what it emits
+// then depends on the input alone: a replay, or a fenced attempt that
+// still publishes, emits the same window under the same id. InputTime
+// never moves with the processing clock: an input that receives nothing
+// holds it still (closing on an idle input needs the server to confirm
+// that nothing is unread, which is not built yet).
+func (c *Context) InputTime() time.Time { return c.clock.input }
 
 // RegisterTimer registers a processing-time timer for the current key at
 // at: OnTimer (the operator must be a TimerOperator) is called for the key

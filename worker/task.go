@@ -608,7 +608,6 @@ func (t *task) apply(ev *inputEvent) error {
 	if ev.time.After(t.clock.input) {
 		t.clock.input = ev.time
 	}
-	t.clock.caughtUp = ev.pending == 0
 	if ev.group < 0 {
 		t.bad(ev.what, ev.subject, -1, ev.seq, ev.data, ev.err)
 		return nil

@@ -85,8 +85,14 @@ func TestWindowClosesOnTime(t *testing.T) {
 	if got := taken(tk); len(got) != 0 {
 		t.Fatalf("before the windows' end: %q", got)
 	}
-	// a and b go quiet; at the end of their window both close.
+	// a and b go quiet while the input moves on (z); at the end of their
+	// window both close.
 	fireAt(t, tk, t0.Add(time.Minute))
+	if got := taken(tk); len(got) != 0 {
+		t.Fatalf("closed before the input passed the windows' end: %q", got)
+	}
+	feed(t, tk, 3, "z", t0.Add(61*time.Second), 0)
+	fireAt(t, tk, t0.Add(time.Minute+time.Second)) // the timers' retry
 	got := taken(tk)
 	if len(got) != 2 {
 		t.Fatalf("at the windows' end: %q", got)
@@ -100,21 +106,21 @@ func TestWindowClosesOnTime(t *testing.T) {
 		}
 	}
 	// An event of a's closed window is late: skipped and counted.
-	feed(t, tk, 3, "a", t0.Add(30*time.Second), 0)
+	feed(t, tk, 4, "a", t0.Add(30*time.Second), 0)
 	if tk.skipped.Load() != 1 || len(taken(tk)) != 0 {
 		t.Errorf("late event: skipped %d", tk.skipped.Load())
 	}
 
 	// Catching up: c's window [1m, 2m) is due by the clock, but the input
 	// is at 1m50s with more to read: the timer retries.
-	feed(t, tk, 4, "c", t0.Add(70*time.Second), 5)
-	feed(t, tk, 5, "d", t0.Add(110*time.Second), 4)
+	feed(t, tk, 5, "c", t0.Add(70*time.Second), 5)
+	feed(t, tk, 6, "d", t0.Add(110*time.Second), 4)
 	fireAt(t, tk, t0.Add(2*time.Minute))
 	if got := taken(tk); len(got) != 0 {
 		t.Fatalf("closed while the input is behind: %q", got)
 	}
-	feed(t, tk, 6, "c", t0.Add(100*time.Second), 3) // still counts
-	feed(t, tk, 7, "d", t0.Add(125*time.Second), 2) // input passes 2m; d's first window closes by event
+	feed(t, tk, 7, "c", t0.Add(100*time.Second), 3) // still counts
+	feed(t, tk, 8, "d", t0.Add(125*time.Second), 2) // input passes 2m; d's first window closes by event
 	got = taken(tk)
 	if len(got) != 1 || !strings.Contains(got[0], `"key":"d"`) {
 		t.Fatalf("d's window closed by its next event: %q", got)
@@ -125,11 +131,15 @@ func TestWindowClosesOnTime(t *testing.T) {
 	}
 	fireAt(t, tk, t0.Add(2*time.Minute+time.Second)) // the retry
 	got = taken(tk)
-	if len(got) != 1 {
+	if len(got) != 2 {
 		t.Fatalf("after the input passed the window: %q", got)
 	}
-	if k, w := windowOf(t, got[0]); k != "c" || w.Count != 2 {
-		t.Errorf("c's window %q", got[0])
+	for _, line := range got {
+		switch k, w := windowOf(t, line); {
+		case k == "c" && w.Count == 2, k == "z" && w.Count == 1:
+		default:
+			t.Errorf("closed window %q, want c's (2) and z's (1)", line)
+		}
 	}
 	if _, ok := tk.op.(TimerOperator); !ok {
 		t.Fatal("window has no OnTimer")
@@ -178,7 +188,7 @@ func TestTimersAreRescaledWithTheirKeyGroups(t *testing.T) {
 				t.Errorf("task %d (%v) restored timer %+v", i, rng, r)
 			}
 		}
-		half.clock.input, half.clock.caughtUp = t0.Add(10*time.Second), true
+		half.clock.input = t0.Add(2 * time.Minute)
 		fireAt(t, half, t0.Add(time.Minute))
 		for _, line := range taken(half) {
 			k, w := windowOf(t, line)
@@ -268,39 +278,46 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// In a running task, a window of a key that goes quiet is emitted when the
-// task's (injected) clock passes its end, with no further event.
+// In a running task, the window of a key that goes quiet is emitted once
+// the task's (injected) clock is past its end and the input has moved past
+// it, with no further event of that key.
 func TestRunningTaskFiresTimers(t *testing.T) {
 	s := testutil.RunNATS(t)
 	c := startCoord(t, s, 1)
 	clock := &fakeClock{now: time.Now()}
 	w := testWorker(t, s, Config{Clock: clock})
 	j := newTestJob(t, s, "win", 1)
-	j.spec.Operator = subjects.OperatorSpec{Type: "window", Size: subjects.Duration(time.Hour), Aggregate: "count"}
+	j.spec.Operator = subjects.OperatorSpec{Type: "window", Size: subjects.Duration(time.Second), Aggregate: "count"}
 	ref := j.deploy(c, w, 0, 1, nil)
 	c.waitStatus(ref, subjects.TaskRunning)
-	j.publish(t, 1)
-	var key string
-	for k := range j.counts {
-		key = k
-	}
+	j.publish(t, 1) // user-0
+	// The event's JetStream timestamp is before now, so its window ends
+	// by the next whole second.
+	end := time.Now().Truncate(time.Second).Add(time.Second)
 	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
-		if res := j.query(t, key); !res.Found || !strings.Contains(string(res.Value), `"count":1`) {
-			return fmt.Errorf("window of %s: %+v", key, res)
+		if res := j.query(t, "user-0"); !res.Found || !strings.Contains(string(res.Value), `"count":1`) {
+			return fmt.Errorf("window of user-0: %+v", res)
+		}
+		return nil
+	})
+	clock.advance(time.Hour)
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
+		if !time.Now().After(end) {
+			return errors.New("waiting for the window's end")
 		}
 		return nil
 	})
 	if outs := j.outputs(t); len(outs) != 0 {
-		t.Fatalf("outputs before the window's end: %v", outs)
+		t.Fatalf("outputs while the input is behind the window's end: %v", outs)
 	}
-	clock.advance(2 * time.Hour)
+	j.publish(t, 1) // user-7: the input passes user-0's window
 	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
 		outs := j.outputs(t)
 		if len(outs) != 1 {
 			return fmt.Errorf("%d outputs", len(outs))
 		}
 		for id, body := range outs {
-			if !strings.Contains(id, "."+key+".t") || !strings.Contains(body, `"closed":true`) {
+			if !strings.Contains(id, ".user-0.t") || !strings.Contains(body, `"closed":true`) || !strings.Contains(body, `"count":1`) {
 				t.Errorf("output %s %s", id, body)
 			}
 		}

@@ -190,7 +190,10 @@ type truth struct {
 // operator's rule over the stored stream: in stream order, an event whose
 // window (aligned to the Unix epoch) starts after the key's open window
 // closes it and opens its own; any other event, late ones included, counts
-// in the open window.
+// in the open window. A key's last window is closed too (by its timer) when
+// the stream holds an event of any key at or after its end: a task reads the
+// whole stream in timestamp order, and its input time passes the window's
+// end with that event.
 //
 // It also checks the harness's own premise: the stream holds exactly the
 // events the publisher had acknowledged, each once (JetStream with
@@ -198,6 +201,7 @@ type truth struct {
 // duplicate window drops the publisher's retries).
 func groundTruth(ctx context.Context, js jetstream.JetStream, stream string, acked int) (truth, error) {
 	tr := truth{count: map[string]int64{}, open: map[string]window{}, closed: map[string][]window{}}
+	var last time.Time // the newest timestamp in the stream
 	seen := make([]bool, acked)
 	var dups, unknown int
 	err := readStream(ctx, js, stream, func(m jetstream.Msg, meta *jetstream.MsgMetadata) error {
@@ -232,10 +236,18 @@ func groundTruth(ctx context.Context, js jetstream.JetStream, stream string, ack
 		}
 		w.Count++
 		tr.open[key] = w
+		if meta.Timestamp.After(last) {
+			last = meta.Timestamp
+		}
 		return nil
 	})
 	if err != nil {
 		return tr, err
+	}
+	for key, w := range tr.open {
+		if !last.Before(w.End) {
+			tr.closed[key] = append(tr.closed[key], w)
+		}
 	}
 	missing := 0
 	for _, s := range seen {
