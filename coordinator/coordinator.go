@@ -72,6 +72,12 @@ type Config struct {
 	// It exists for fault-injection tests (e.g. a coordinator that dies
 	// between "all acked" and "committed").
 	BeforeCommit func(subjects.CheckpointRecord) error
+
+	// MapInput, if set, adds an account subject mapping to the NATS server
+	// (src -> dest), so that a job's input is partitioned on a server the
+	// coordinator runs in (flotilla dev, tests). Without it the mapping must
+	// be in the server's configuration; see subjects.InputMapping.
+	MapInput func(src, dest string) error
 }
 
 // Coordinator is a running coordinator. Create it with New, then Run.
@@ -111,6 +117,9 @@ type jobEntry struct {
 	// lastCompleted is when the newest checkpoint or savepoint completed.
 	figures       map[int]taskFigures
 	lastCompleted time.Time
+	// gaps are the input gaps tasks continued past (source.on_gap
+	// continue) in this coordinator's lifetime.
+	gaps []subjects.InputGap
 }
 
 // New checks cfg and returns a coordinator that is not yet running.
@@ -355,9 +364,21 @@ func (c *Coordinator) enqueue(f func(now time.Time)) { c.inbox <- f }
 
 func (c *Coordinator) startJob(r jobRecord, cps runCheckpoints, now time.Time) {
 	r.State = subjects.JobCreated
+	if r.Spec.Partitions() > 0 && c.cfg.MapInput != nil {
+		// A server the coordinator maps at runtime forgets the mapping when
+		// it restarts: add it again for every job that runs.
+		src, dest, err := subjects.InputMapping(&r.Spec)
+		if err == nil {
+			err = c.cfg.MapInput(src, dest)
+		}
+		if err != nil {
+			c.log.Error("adding the input mapping", "job", r.Spec.Name, "err", err)
+		}
+	}
 	jm := jobmaster.New(c.epoch, r.Spec, cps.restore, &c.attempts)
 	cc := checkpoint.New(checkpoint.Config{Job: r.Spec.Name, Epoch: c.epoch, Spec: r.Spec.Checkpoint,
-		Parallelism: r.Spec.Parallelism, MaxParallelism: r.Spec.MaxParallelism}, cps.retained, cps.latest)
+		Parallelism: r.Spec.Parallelism, MaxParallelism: r.Spec.MaxParallelism,
+		Partitions: r.Spec.Partitions(), Input: subjects.InputID(&r.Spec)}, cps.retained, cps.latest)
 	e := &jobEntry{jm: jm, cc: cc, rec: r, from: cps.from}
 	for _, cp := range cps.retained {
 		if cp.Completed.After(e.lastCompleted) {

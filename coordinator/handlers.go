@@ -188,9 +188,26 @@ func (c *Coordinator) onStatus(msg *nats.Msg) {
 	}
 	c.enqueue(func(now time.Time) {
 		if e := c.jobs[st.Job]; e != nil {
+			if st.Gap != nil {
+				c.inputGap(e, &st)
+			}
 			c.doJM(st.Job, e.jm.TaskStatus(&st, now), now)
 		}
 	})
+}
+
+// inputGap records input events a task continued past (source.on_gap
+// continue): in the log, as an event, and in job status.
+func (c *Coordinator) inputGap(e *jobEntry, st *subjects.TaskStatus) {
+	const keep = 100
+	e.gaps = append(e.gaps, *st.Gap)
+	if len(e.gaps) > keep {
+		e.gaps = e.gaps[len(e.gaps)-keep:]
+	}
+	msg := fmt.Sprintf("task %d continued past lost input events: %s", st.Task, st.Gap)
+	c.log.Error("input events lost", "job", st.Job, "task", st.Task, "gap", st.Gap.String())
+	c.event(subjects.Event{Kind: subjects.EventInputGap, Job: st.Job, Worker: st.Worker, Message: msg,
+		Error: subjects.Errorf(subjects.CodeDataLoss, "%s", msg)}, st.Job)
 }
 
 // call runs f on the loop and waits for its result.
@@ -276,7 +293,17 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorCh
 		}
 		fromKey, restore, fromRec = key, restorePoints(sp), &sp
 	}
-	if err := c.ensureStream(spec); err != nil {
+	spec, err := c.resolveInput(spec)
+	if err != nil {
+		return subjects.JobInfo{}, err
+	}
+	if fromRec != nil && fromRec.Input != "" && fromRec.Input != subjects.InputID(&spec) {
+		return subjects.JobInfo{}, subjects.Errorf(subjects.CodeInvalidArgument,
+			"%s holds input positions of %s, and this job reads %s: its events would be skipped or replayed; restore it into a job with the same source stream, layout and partitions",
+			from, fromRec.Input, subjects.InputID(&spec))
+	}
+	warnings, err := c.ensureInput(spec)
+	if err != nil {
 		return subjects.JobInfo{}, err
 	}
 	jc, _, err := c.ckpts.load(ctx, spec.Name, false)
@@ -299,8 +326,9 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorCh
 		c.persist(rec)
 		c.event(subjects.Event{Kind: subjects.EventJobSubmitted, Job: spec.Name, Location: from}, spec.Name)
 		c.startJob(rec, runCheckpoints{latest: latest, restore: restore, from: fromRec}, now)
-		return c.jobs[spec.Name].jm.Info()
+		return c.jobInfo(c.jobs[spec.Name])
 	})
+	info.Warnings = warnings
 	if info.Error == nil {
 		// Records of the job's earlier runs are never restored by this run:
 		// forget them (their files are reclaimed by the orphan sweep), but

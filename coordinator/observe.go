@@ -37,6 +37,9 @@ func (c *Coordinator) recordFigures(hb *subjects.Heartbeat) {
 func (c *Coordinator) jobInfo(e *jobEntry) subjects.JobInfo {
 	info := e.jm.Info()
 	info.LastCheckpointAt = e.lastCompleted
+	in := subjects.DescribeInput(&e.rec.Spec)
+	in.Gaps = e.gaps
+	info.Input = &in
 	if info.State.Terminal() {
 		return info
 	}

@@ -154,7 +154,13 @@ type JobInfo struct {
 	LastCheckpointAt time.Time `json:"last_checkpoint_at,omitzero"`
 	// Waiting is set while the job is JobWaiting.
 	Waiting *SlotShortage `json:"waiting,omitempty"`
-	Error   *Error        `json:"error,omitempty"`
+	// Input describes the job's input streams and says whether they are
+	// partitioned (job status).
+	Input *InputInfo `json:"input,omitempty"`
+	// Warnings are things the submitter should know (submit only): an input
+	// that is not partitioned, limits that can evict unapplied events.
+	Warnings []string `json:"warnings,omitempty"`
+	Error    *Error   `json:"error,omitempty"`
 }
 
 // SlotShortage says why a job waits: it needs Needed slots (one per task)
@@ -249,6 +255,9 @@ type CheckpointRecord struct {
 	Size           int64               `json:"size"`
 	Uploaded       int64               `json:"uploaded"`
 	Tasks          []TaskCheckpoint    `json:"tasks"`
+	// Input names the input whose stream sequences the tasks' applied marks
+	// are (InputID): a restore into another input is refused.
+	Input string `json:"input,omitempty"`
 }
 
 func (*CheckpointRecord) MsgType() Type { return TypeCheckpointRecord }

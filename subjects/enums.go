@@ -129,10 +129,11 @@ const (
 	EventSavepointCompleted
 	EventSavepointFailed
 	EventTaskFailed
+	EventInputGap
 )
 
 var eventKinds = enum[EventKind]{[]string{"", "worker_joined", "worker_lost", "job_submitted", "job_state",
-	"checkpoint_completed", "checkpoint_failed", "savepoint_completed", "savepoint_failed", "task_failed"}}
+	"checkpoint_completed", "checkpoint_failed", "savepoint_completed", "savepoint_failed", "task_failed", "input_gap"}}
 
 func (k EventKind) String() string { return eventKinds.str(k) }
 

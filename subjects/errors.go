@@ -46,6 +46,7 @@ const (
 	CodeCorruptState       Code = 501 // a snapshot/savepoint/metadata object is unreadable
 	CodeStorageUnavailable Code = 502 // object store or JetStream did not answer
 	CodeMissingObject      Code = 503 // an object a checkpoint names is absent or of another size
+	CodeDataLoss           Code = 504 // input events were evicted from their stream before they were applied
 	CodeUnauthorized       Code = 600 // not permitted
 	CodeInternal           Code = 900 // a bug: report it
 	CodeUnavailable        Code = 901 // the service is starting or shutting down; retry
@@ -86,6 +87,7 @@ var codeNames = map[Code]string{
 	CodeCorruptState:       "corrupt_state",
 	CodeStorageUnavailable: "storage_unavailable",
 	CodeMissingObject:      "missing_object",
+	CodeDataLoss:           "data_loss",
 	CodeUnauthorized:       "unauthorized",
 	CodeInternal:           "internal",
 	CodeUnavailable:        "unavailable",

@@ -42,6 +42,28 @@ type SourceSpec struct {
 	// one pattern by key.
 	Subjects []string `json:"subjects"`
 	Key      KeySpec  `json:"key"`
+	// Layout is how the input is stored: "auto" (default: "partitioned" if
+	// the NATS account maps the source subject by key group, "stream"
+	// otherwise), "partitioned" (refused without the mapping) or "stream"
+	// (one stream named Stream, read whole by every task). The coordinator
+	// resolves "auto" on submit; the job keeps that layout.
+	Layout string `json:"layout,omitempty"`
+	// Partitions is the number of partition streams, "<stream>-p<j>", each
+	// holding a contiguous range of key groups (default 32, at most
+	// max_parallelism). Up to this parallelism every task reads only its own
+	// events.
+	Partitions int `json:"partitions,omitempty"`
+	// MaxMsgs, MaxBytes and MaxAge limit each input stream the coordinator
+	// creates (0: unlimited). Evicting events no checkpoint covers is data
+	// loss; see OnGap.
+	MaxMsgs  int64    `json:"max_msgs,omitempty"`
+	MaxBytes int64    `json:"max_bytes,omitempty"`
+	MaxAge   Duration `json:"max_age,omitempty"`
+	// OnGap is what a task does when events it has not applied were evicted
+	// from its input: "fail" (default) fails the job with a data_loss error
+	// naming the groups and sequences; "continue" records the gap (events,
+	// job status) and goes on.
+	OnGap string `json:"on_gap,omitempty"`
 }
 
 // KeySpec says where an event's key is. Today the key is one subject token
@@ -163,6 +185,15 @@ func (s JobSpec) WithDefaults() JobSpec {
 	if s.Restart.MaxDelay == 0 {
 		s.Restart.MaxDelay = Duration(DefaultRestartMaxDelay)
 	}
+	if s.Source.Layout == "" {
+		s.Source.Layout = LayoutAuto
+	}
+	if s.Source.Partitions == 0 {
+		s.Source.Partitions = min(DefaultPartitions, s.MaxParallelism)
+	}
+	if s.Source.OnGap == "" {
+		s.Source.OnGap = OnGapFail
+	}
 	if s.Operator.Type == "window" && s.Operator.Aggregate == "" {
 		s.Operator.Aggregate = "count"
 	}
@@ -200,6 +231,9 @@ func (s *JobSpec) Validate() error {
 	}
 	if err := s.Source.validate(); err != nil {
 		return err
+	}
+	if p := s.Source.Partitions; p < 1 || p > s.MaxParallelism {
+		return specErr("source.partitions %d out of range [1, max_parallelism %d]", p, s.MaxParallelism)
 	}
 	if err := s.Operator.validate(); err != nil {
 		return err
@@ -245,6 +279,22 @@ func (s *SourceSpec) validate() error {
 	k := s.Key.SubjectToken
 	if k < 1 {
 		return specErr("source.key.subject_token is required (1-based position of the key's subject token)")
+	}
+	switch s.Layout {
+	case LayoutAuto, LayoutPartitioned, LayoutStream:
+	default:
+		return specErr("source.layout %q: want auto, partitioned or stream", s.Layout)
+	}
+	switch s.OnGap {
+	case OnGapFail, OnGapContinue:
+	default:
+		return specErr("source.on_gap %q: want fail or continue", s.OnGap)
+	}
+	if s.MaxMsgs < 0 || s.MaxBytes < 0 || s.MaxAge < 0 {
+		return specErr("source.max_msgs, max_bytes and max_age must not be negative")
+	}
+	if s.MaxAge > 0 && s.MaxAge.D() < time.Second {
+		return specErr("source.max_age %s is below 1s", s.MaxAge.D())
 	}
 	for _, subj := range s.Subjects {
 		if !subjectRE.MatchString(subj) {

@@ -307,6 +307,9 @@ type TaskStatus struct {
 	TaskRef
 	State TaskState `json:"state"`
 	Error *Error    `json:"error,omitempty"`
+	// Gap, on a running task, reports input events evicted before they were
+	// applied that the task continued past (source.on_gap continue).
+	Gap *InputGap `json:"gap,omitempty"`
 }
 
 func (*TaskStatus) MsgType() Type { return TypeTaskStatus }

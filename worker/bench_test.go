@@ -15,28 +15,28 @@ import (
 
 // BenchmarkTaskThroughput measures how fast two count tasks catch up with a
 // backlog of 20,000 events over 1,000 keys, end to end (input consumer,
-// Pebble batches, outputs confirmed by the sink stream), with the server
-// filtering by key group and with each task reading the whole stream.
+// Pebble batches, outputs confirmed by the sink stream), with the input in
+// partition streams and in one stream that each task reads whole.
 //
 //	go test -run '^$' -bench TaskThroughput -benchtime 1x ./worker
 func BenchmarkTaskThroughput(b *testing.B) {
-	for _, unfiltered := range []bool{false, true} {
-		b.Run(fmt.Sprintf("unfiltered=%v", unfiltered), func(b *testing.B) {
+	for _, layout := range []string{subjects.LayoutPartitioned, subjects.LayoutStream} {
+		b.Run("layout="+layout, func(b *testing.B) {
 			for b.Loop() {
-				benchCatchUp(b, unfiltered, 20000, 1000)
+				benchCatchUp(b, layout, 20000, 1000)
 			}
 		})
 	}
 }
 
-func benchCatchUp(b *testing.B, unfiltered bool, n, keys int) {
+func benchCatchUp(b *testing.B, layout string, n, keys int) {
 	b.StopTimer()
 	opts := testutil.NATSOptions(b.TempDir())
 	opts.SyncAlways = false // measure the worker, not the disk
 	s := testutil.RunNATSWithOptions(b, opts)
 	c := startCoord(b, s, 1)
-	w := testWorker(b, s, Config{Slots: 2, FilterBelowShare: shareFor(unfiltered)})
-	j := newTestJob(b, s, "bench", 2)
+	w := testWorker(b, s, Config{Slots: 2})
+	j := newTestJobIn(b, s, "bench", 2, layout)
 	js, err := jetstream.New(j.nc, jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
 		b.Fatal(err)

@@ -62,18 +62,6 @@ type Config struct {
 	// MaxPendingOutputs bounds each task's outputs published but not yet
 	// confirmed by JetStream; zero means 1024.
 	MaxPendingOutputs int
-	// FilterBelowShare decides how a task reads its input. A task that owns
-	// less than this share of the job's key groups has the server filter the
-	// stream to its groups ($FK.<g>.> per owned group); a task owning this
-	// share or more reads the stream unfiltered and skips other groups'
-	// events itself. nats-server finds the next message of a filtered
-	// consumer by matching each message block's distinct subjects (one per
-	// key) against the filters; measured with 1,000 keys, filtering runs at
-	// about 2.5k-17k events/s against about 150k events/s unfiltered, so a
-	// task reading 1/8 of the stream gets its events about as fast either
-	// way. Zero means DefaultFilterBelowShare; 1 always filters (unless the
-	// task owns every group); a value above 1 never filters.
-	FilterBelowShare float64
 	// MemTableSize is the Pebble memtable size of each task's state; zero
 	// means statebackend.DefaultMemTableSize. Smaller memtables flush (and
 	// compact) sooner.
@@ -86,7 +74,6 @@ const (
 	DefaultBatchSize         = 512
 	DefaultFlushInterval     = 100 * time.Millisecond
 	DefaultMaxPendingOutputs = 1024
-	DefaultFilterBelowShare  = 1.0 / 8
 
 	// Registration backoff bounds: the worker retries registration with
 	// capped, jittered exponential backoff between these.
@@ -136,9 +123,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.StateCacheBytes <= 0 {
 		c.StateCacheBytes = DefaultStateCacheBytes
-	}
-	if c.FilterBelowShare <= 0 {
-		c.FilterBelowShare = DefaultFilterBelowShare
 	}
 	if c.MaxPendingOutputs <= 0 {
 		c.MaxPendingOutputs = DefaultMaxPendingOutputs

@@ -19,9 +19,10 @@ import (
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
-// testJob is a job's streams and ground truth: a key-partitioned source
-// stream created the way the coordinator does (subjects.SourceTransform), a
-// sink stream with a duplicate window, and what the test published.
+// testJob is a job's streams and ground truth: its input streams created the
+// way the coordinator does (subjects.InputStreamConfigs, with the account
+// mapping for a partitioned layout), a sink stream with a duplicate window,
+// and what the test published.
 type testJob struct {
 	spec subjects.JobSpec
 	nc   *nats.Conn
@@ -30,13 +31,24 @@ type testJob struct {
 
 	mu     sync.Mutex
 	counts map[string]int    // published events per key
-	seqs   map[uint64]string // stream sequence -> key
+	seqs   map[seqKey]string // stream and sequence -> key
 	next   int
 }
 
 const testM = 8
 
+type seqKey struct {
+	stream string
+	seq    uint64
+}
+
 func newTestJob(t testing.TB, s *server.Server, name string, parallelism int) *testJob {
+	t.Helper()
+	return newTestJobIn(t, s, name, parallelism, subjects.LayoutPartitioned)
+}
+
+// newTestJobIn is newTestJob with the given input layout.
+func newTestJobIn(t testing.TB, s *server.Server, name string, parallelism int, layout string) *testJob {
 	t.Helper()
 	spec := subjects.JobSpec{
 		Name: name, Parallelism: parallelism, MaxParallelism: testM,
@@ -44,6 +56,7 @@ func newTestJob(t testing.TB, s *server.Server, name string, parallelism int) *t
 		Operator: subjects.OperatorSpec{Type: "count"},
 		Sink:     subjects.SinkSpec{Subject: name + ".out"},
 	}.WithDefaults()
+	spec.Source.Layout = layout
 	if err := spec.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -52,22 +65,50 @@ func newTestJob(t testing.TB, s *server.Server, name string, parallelism int) *t
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := subjects.SourceTransform(&spec)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: spec.Source.Stream, Subjects: spec.Source.Subjects, SubjectTransform: &tr}); err != nil {
-		t.Fatal(err)
+	j := &testJob{spec: spec, nc: nc, js: js, counts: map[string]int{}, seqs: map[seqKey]string{}}
+	if layout == subjects.LayoutPartitioned {
+		j.mapInput(t, s)
+	}
+	for _, c := range subjects.InputStreamConfigs(&spec) {
+		if _, err := js.CreateStream(ctx, c); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: strings.ToUpper(name) + "_OUT", Subjects: []string{spec.Sink.Subject}, Duplicates: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	return &testJob{spec: spec, nc: nc, js: js, counts: map[string]int{}, seqs: map[uint64]string{}}
+	return j
+}
+
+// lastSeqs returns the last sequence of each of the job's input streams.
+func (j *testJob) lastSeqs(t testing.TB) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	for _, c := range subjects.InputStreamConfigs(&j.spec) {
+		st, err := j.js.Stream(context.Background(), c.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[c.Name] = st.CachedInfo().State.LastSeq
+	}
+	return out
+}
+
+// mapInput adds the job's input mapping to s (again, after a restart).
+func (j *testJob) mapInput(t testing.TB, s *server.Server) {
+	t.Helper()
+	src, dest, err := subjects.InputMapping(&j.spec)
+	if err == nil {
+		err = s.GlobalAccount().AddMapping(src, dest)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (j *testJob) rangeOf(task int) keygroup.Range {
-	return keygroup.ForTask(task, j.spec.Parallelism, j.spec.MaxParallelism)
+	return subjects.TaskRange(&j.spec, task, j.spec.Parallelism)
 }
 
 // deploy allocates a slot of w and deploys attempt of task into it.
@@ -107,7 +148,7 @@ func (j *testJob) publish(t testing.TB, n int) {
 		}
 		j.mu.Lock()
 		j.counts[key]++
-		j.seqs[ack.Sequence] = key
+		j.seqs[seqKey{ack.Stream, ack.Sequence}] = key
 		j.mu.Unlock()
 	}
 }
@@ -213,10 +254,10 @@ func (j *testJob) wantOutputs(r keygroup.Range) map[string]string {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	want := map[string]string{}
-	for seq, key := range j.seqs {
+	for sk, key := range j.seqs {
 		g := keygroup.Of([]byte(key), j.spec.MaxParallelism)
 		if r.Contains(g) {
-			want[subjects.OutputMsgID(j.spec.Name, g, seq, 0)] = key
+			want[subjects.OutputMsgID(j.spec.Name, g, sk.seq, 0)] = key
 		}
 	}
 	return want
@@ -258,9 +299,9 @@ func (j *testJob) checkOutputs(t testing.TB, r keygroup.Range) {
 }
 
 // consumerOf returns the configuration of the input consumer of attempt ref.
-func (j *testJob) consumerOf(t testing.TB, ref subjects.TaskRef) jetstream.ConsumerConfig {
+func (j *testJob) consumerOf(t testing.TB, ref subjects.TaskRef, stream string) jetstream.ConsumerConfig {
 	t.Helper()
-	st, err := j.js.Stream(context.Background(), j.spec.Source.Stream)
+	st, err := j.js.Stream(context.Background(), stream)
 	if err != nil {
 		t.Fatal(err)
 	}

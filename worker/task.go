@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flotilla-io/flotilla/objectstore"
 	"github.com/flotilla-io/flotilla/statebackend"
@@ -70,7 +69,7 @@ type task struct {
 	outs     outputs     // outputs not yet handed to the sink
 	pending  []*nats.Msg // dead letters not yet handed to the sink
 	n        int         // events applied since the last commit
-	position uint64      // stream sequence of the last input event handed to the batch
+	inputs   []*input    // the streams the task reads, each with its position
 	barriers barrierLog  // barriers taken, so that a repeated one is ignored
 	ckpts    map[uint64]*checkpoint
 	asyncWG  sync.WaitGroup
@@ -193,7 +192,7 @@ func (t *task) execute() (err error) {
 	}
 
 	t.w.taskStateChanged(t, subjects.TaskRunning, nil)
-	t.log.Info("task running", "range", t.rng.String(), "restored", len(t.restore) > 0)
+	t.log.Info("task running", "range", t.rng.String(), "inputs", t.inputNames(), "restored", len(t.restore) > 0)
 	return t.loop(msgs, inputErr)
 }
 
@@ -326,112 +325,6 @@ func (t *task) onQuery(msg *nats.Msg, g int) {
 	subjects.Reply(msg, &res)
 }
 
-// startSeq returns the stream sequence to consume from: the lowest applied
-// mark of the task's groups plus one, or 0 if no group has one (consume
-// everything).
-func (t *task) startSeq() uint64 {
-	start := uint64(0)
-	for g := t.rng.Start; g <= t.rng.End; g++ {
-		a := t.be.Applied(g)
-		if a == 0 {
-			return 0
-		}
-		if start == 0 || a+1 < start {
-			start = a + 1
-		}
-	}
-	return start
-}
-
-// consume starts an ordered consumer of the task's key groups and a reader
-// goroutine that hands its messages to the task goroutine in stream order.
-//
-// The ordered consumer is what keeps the input gapless: it checks every
-// delivery's consumer sequence and, on a gap, a missed heartbeat or a
-// reconnect, recreates itself from the stream sequence after the last
-// message it handed over. Messages handed over are in the task's memory
-// (the channel, then the batch), so nothing is skipped; and whatever is
-// delivered twice (after a restore) is skipped by the applied marks.
-func (t *task) consume() (<-chan inputEvent, <-chan error, func(), error) {
-	js, err := jetstream.New(t.w.nc)
-	if err != nil {
-		return nil, nil, nil, subjects.Errorf(subjects.CodeInternal, "jetstream: %v", err)
-	}
-	var filters []string
-	if float64(t.rng.Len()) < t.w.cfg.FilterBelowShare*float64(t.m) {
-		filters = subjects.KeyGroupFilters(t.rng, t.m)
-	}
-	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: filters,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		NamePrefix:     fmt.Sprintf("flotilla_%s_%d_%d", t.ref.Job, t.ref.Task, t.ref.Attempt),
-	}
-	if seq := t.startSeq(); seq > 0 {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq
-	}
-	stream := t.spec.Source.Stream
-	cctx, cancel := context.WithTimeout(t.ctx, 30*time.Second)
-	defer cancel()
-	var cons jetstream.Consumer
-	var it jetstream.MessagesContext
-	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
-		cons, err = js.OrderedConsumer(cctx, stream, cfg)
-		if err == nil {
-			it, err = cons.Messages(jetstream.PullMaxMessages(2 * t.w.cfg.BatchSize))
-		}
-		if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) {
-			break
-		}
-		select {
-		case <-cctx.Done():
-		case <-time.After(backoff):
-			continue
-		}
-		break
-	}
-	if err != nil {
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, nil, nil, subjects.Errorf(subjects.CodeUnknownJob, "source stream %q of job %s does not exist", stream, t.ref.Job)
-		}
-		if cause := context.Cause(t.ctx); cause != nil {
-			return nil, nil, nil, cause
-		}
-		return nil, nil, nil, subjects.Errorf(subjects.CodeStorageUnavailable, "consume stream %q: %v", stream, err)
-	}
-	msgs := make(chan inputEvent, t.w.cfg.BatchSize)
-	errc := make(chan error, 1)
-	readerDone := make(chan struct{})
-	rctx, rcancel := context.WithCancel(t.ctx)
-	go func() {
-		defer close(readerDone)
-		for {
-			m, err := it.Next()
-			if err != nil {
-				if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-					errc <- err
-				}
-				return
-			}
-			select {
-			case msgs <- t.decode(m):
-			case <-rctx.Done():
-				return
-			}
-		}
-	}()
-	stop := func() {
-		rcancel()
-		it.Stop()
-		<-readerDone
-		if info := cons.CachedInfo(); info != nil {
-			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = js.DeleteConsumer(dctx, stream, info.Name)
-			cancel()
-		}
-	}
-	return msgs, errc, stop, nil
-}
-
 // inputEvent is one input event, decoded once where it enters the task (on
 // the reader goroutine): everything the apply path needs, so that nothing
 // is parsed or hashed twice.
@@ -448,33 +341,11 @@ type inputEvent struct {
 	// event without a group has group -1.
 	err  error
 	what string
-}
-
-// decode decodes m. It runs on the reader goroutine.
-func (t *task) decode(m jetstream.Msg) inputEvent {
-	ev := inputEvent{subject: m.Subject(), data: m.Data(), group: -1}
-	meta, err := m.Metadata()
-	if err != nil {
-		ev.err, ev.what = err, "event without JetStream metadata"
-		return ev
-	}
-	ev.seq, ev.time, ev.pending = meta.Sequence.Stream, meta.Timestamp, meta.NumPending
-	g, orig, err := subjects.ParseKeyedSubject(ev.subject)
-	if err != nil {
-		ev.err, ev.what = err, "event with a malformed subject"
-		return ev
-	}
-	ev.group, ev.subject = g, orig
-	ev.key, err = subjects.KeyToken(orig, t.spec.Source.Key.SubjectToken)
-	if err == nil {
-		if kg := keygroup.Of([]byte(ev.key), t.m); kg != g {
-			err = fmt.Errorf("key %q is in key group %d, the stream filed it under %d", ev.key, kg, g)
-		}
-	}
-	if err != nil {
-		ev.err, ev.what = err, "event without a usable key"
-	}
-	return ev
+	// in is the index of the event's stream in task.inputs.
+	in int
+	// gap, when set, is not an event: events of the stream were evicted
+	// before this task read them.
+	gap *subjects.InputGap
 }
 
 // loop applies input events in rounds of up to BatchSize and, between
@@ -494,7 +365,7 @@ func (t *task) loop(msgs <-chan inputEvent, inputErr <-chan error) error {
 		case <-t.ctx.Done():
 			return context.Cause(t.ctx)
 		case err := <-inputErr:
-			return subjects.Errorf(subjects.CodeStorageUnavailable, "input stream %q: %v", t.spec.Source.Stream, err)
+			return subjects.Errorf(subjects.CodeStorageUnavailable, "input streams %s: %v", t.inputNames(), err)
 		case <-t.sink.failed:
 			return t.sink.err()
 		case ev := <-msgs:
@@ -604,23 +475,41 @@ func (t *task) fireTimers() error {
 // apply applies one input event: its state changes go to the cache, its
 // outputs to t.outs and its group's applied mark to the batch.
 func (t *task) apply(ev *inputEvent) error {
-	t.position, t.lag = max(t.position, ev.seq), ev.pending
+	if ev.gap != nil {
+		return t.onGap(*ev.gap)
+	}
+	in := t.inputs[ev.in]
+	in.position = max(in.position, ev.seq)
+	// lag sums what every input still holds after its last event read
+	// (in.pending is set below).
+	t.lag = t.lag - in.pending + ev.pending
 	if ev.time.After(t.clock.input) {
 		t.clock.input = ev.time
 	}
+	in.pending = ev.pending
 	if ev.group < 0 {
-		t.bad(ev.what, ev.subject, -1, ev.seq, ev.data, ev.err)
+		// Every task reading the stream sees the event; the one owning
+		// the stream's first group reports it. Its dead letter names that
+		// group (-1 for the one stream of an unpartitioned input), so that
+		// its id is unique.
+		og := -1
+		if t.spec.Partitions() > 0 {
+			og = in.Groups.Start
+		}
+		if t.rng.Contains(max(og, 0)) {
+			t.bad(ev.what, ev.subject, og, in.Name, ev.seq, ev.data, ev.err)
+		}
 		return nil
 	}
 	if !t.rng.Contains(ev.group) {
-		return nil // another task's (an unfiltered read; Config.FilterBelowShare)
+		return nil // another task's (an unpartitioned input, or a partition shared above the partition count)
 	}
 	if ev.seq <= t.batch.Applied(ev.group) {
 		return nil // applied before: a replay after a restore or a consumer reset
 	}
 	t.n++
 	if ev.err != nil {
-		t.bad(ev.what, ev.subject, ev.group, ev.seq, ev.data, ev.err)
+		t.bad(ev.what, ev.subject, ev.group, in.Name, ev.seq, ev.data, ev.err)
 		return t.setApplied(ev.group, ev.seq)
 	}
 	t.octx.reset(ev.key, ev.group, ev.seq)
@@ -628,9 +517,9 @@ func (t *task) apply(ev *inputEvent) error {
 	if err != nil {
 		t.octx.dropEmitted()
 		if !errors.Is(err, ErrBadEvent) {
-			return subjects.Errorf(subjects.CodeInternal, "operator %s at stream sequence %d: %v", t.spec.Operator.Type, ev.seq, err)
+			return subjects.Errorf(subjects.CodeInternal, "operator %s at stream %s sequence %d: %v", t.spec.Operator.Type, in.Name, ev.seq, err)
 		}
-		t.bad("event the operator cannot use", ev.subject, ev.group, ev.seq, ev.data, err)
+		t.bad("event the operator cannot use", ev.subject, ev.group, in.Name, ev.seq, ev.data, err)
 	}
 	return t.setApplied(ev.group, ev.seq)
 }
@@ -646,7 +535,7 @@ func (t *task) setApplied(g int, seq uint64) error {
 // dead-letter subject, queues the event for it with the reason: published
 // after the commit that records the skip, like an output. group is -1 when
 // the event's group is unknown.
-func (t *task) bad(what, subject string, group int, seq uint64, data []byte, err error) {
+func (t *task) bad(what, subject string, group int, stream string, seq uint64, data []byte, err error) {
 	n := t.skipped.Add(1)
 	if n <= 10 || n%1000 == 0 {
 		t.log.Warn("skipping "+what, "subject", subject, "seq", seq, "err", err, "skipped", n)
@@ -659,21 +548,29 @@ func (t *task) bad(what, subject string, group int, seq uint64, data []byte, err
 		subjects.HdrDeadLetterReason: {what + ": " + err.Error()},
 		subjects.HdrSourceSubject:    {subject},
 		subjects.HdrSourceSeq:        {strconv.FormatUint(seq, 10)},
+		subjects.HdrSourceStream:     {stream},
 		subjects.HdrJob:              {t.ref.Job},
 	}})
 }
 
-// markPosition raises the applied mark of every owned group to the input
-// position. That is sound because the input is gapless from the lowest
-// applied mark on: every event of the task's groups up to the position has
-// been applied (or skipped as applied before). It keeps a group without
-// recent events from holding a restore's replay back to its old mark (or,
-// for a group that never had an event, to the start of the stream).
+// markPosition raises the applied mark of every owned group to the
+// position of the stream that stores it. That is sound because each input
+// is gapless from the lowest applied mark of its groups on: every event of
+// the task's groups up to the position has been applied (or skipped as
+// applied before, or reported as a gap). It keeps a group without recent
+// events from holding a restore's replay back to its old mark (or, for a
+// group that never had an event, to the start of the stream).
 func (t *task) markPosition() error {
-	for g := t.rng.Start; g <= t.rng.End; g++ {
-		if t.batch.Applied(g) < t.position {
-			if err := t.setApplied(g, t.position); err != nil {
-				return err
+	for _, in := range t.inputs {
+		r, ok := in.Groups.Intersect(t.rng)
+		if !ok || in.position == 0 {
+			continue
+		}
+		for g := r.Start; g <= r.End; g++ {
+			if t.batch.Applied(g) < in.position {
+				if err := t.setApplied(g, in.position); err != nil {
+					return err
+				}
 			}
 		}
 	}

@@ -25,15 +25,15 @@ import (
 // ends with exact counts, answers state queries for them, and publishes one
 // output per event with its deterministic Msg-Id.
 func TestCountOwnGroupsOnly(t *testing.T) {
-	t.Run("filtered", func(t *testing.T) { testCountOwnGroupsOnly(t, false) })
-	t.Run("unfiltered", func(t *testing.T) { testCountOwnGroupsOnly(t, true) })
+	t.Run("partitioned", func(t *testing.T) { testCountOwnGroupsOnly(t, subjects.LayoutPartitioned) })
+	t.Run("stream", func(t *testing.T) { testCountOwnGroupsOnly(t, subjects.LayoutStream) })
 }
 
-func testCountOwnGroupsOnly(t *testing.T, unfiltered bool) {
+func testCountOwnGroupsOnly(t *testing.T, layout string) {
 	s := testutil.RunNATS(t)
 	c := startCoord(t, s, 1)
-	w := testWorker(t, s, Config{BatchSize: 64, FilterBelowShare: shareFor(unfiltered)})
-	j := newTestJob(t, s, "clicks", 2)
+	w := testWorker(t, s, Config{BatchSize: 64})
+	j := newTestJobIn(t, s, "clicks", 2, layout)
 	j.publish(t, 300)
 	ref := j.deploy(c, w, 0, 1, nil) // task 1 is not deployed
 	c.waitStatus(ref, subjects.TaskRunning)
@@ -89,6 +89,7 @@ func TestRestoreFromCheckpointIsExactlyOnce(t *testing.T) {
 			c.waitStatus(ref1, subjects.TaskRunning)
 			j.publish(t, 400)
 			j.waitCount(t, 400)
+			atCheckpoint := j.lastSeqs(t)
 
 			c.publish(c.ns.Barrier(j.spec.Name), &subjects.Barrier{Epoch: 1, Job: j.spec.Name, Checkpoint: 1,
 				Kind: subjects.KindCheckpoint, Format: format, Target: "orders/chk-1", Shared: "orders/shared", Timestamp: time.Now()})
@@ -120,10 +121,15 @@ func TestRestoreFromCheckpointIsExactlyOnce(t *testing.T) {
 
 			ref2 := j.deploy(c, w, 0, 2, []statebackend.Handle{h})
 			c.waitStatus(ref2, subjects.TaskRunning)
-			// The restored attempt resumes right after the checkpoint's
-			// input position, whatever its groups' own marks.
-			if cfg := j.consumerOf(t, ref2); cfg.DeliverPolicy != jetstream.DeliverByStartSequencePolicy || cfg.OptStartSeq != 401 {
-				t.Errorf("restored consumer starts with %v at %d, want sequence 401", cfg.DeliverPolicy, cfg.OptStartSeq)
+			// The restored attempt resumes each partition right after the
+			// checkpoint's input position, whatever its groups' own marks.
+			for stream, last := range atCheckpoint {
+				if last == 0 {
+					continue // no event: read from the start
+				}
+				if cfg := j.consumerOf(t, ref2, stream); cfg.DeliverPolicy != jetstream.DeliverByStartSequencePolicy || cfg.OptStartSeq != last+1 {
+					t.Errorf("restored consumer of %s starts with %v at %d, want sequence %d", stream, cfg.DeliverPolicy, cfg.OptStartSeq, last+1)
+				}
 			}
 			j.publish(t, 100)
 			j.waitCount(t, 800)
@@ -257,7 +263,7 @@ func TestSurvivesNATSRestart(t *testing.T) {
 
 	s.Shutdown()
 	s.WaitForShutdown()
-	testutil.RunNATSWithOptions(t, opts)
+	j.mapInput(t, testutil.RunNATSWithOptions(t, opts))
 	j.publish(t, 300)
 	j.waitCount(t, 1600)
 	j.checkOutputs(t, j.rangeOf(0))
@@ -301,13 +307,4 @@ func TestTaskFailuresAreCoded(t *testing.T) {
 			t.Errorf("slot %+v", sl)
 		}
 	}
-}
-
-// shareFor returns the FilterBelowShare that forces an unfiltered read
-// (above 1) or a filtered one (1).
-func shareFor(unfiltered bool) float64 {
-	if unfiltered {
-		return 2
-	}
-	return 1
 }

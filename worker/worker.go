@@ -511,8 +511,18 @@ func (w *Worker) taskStateChanged(t *task, st subjects.TaskState, cause *subject
 	w.publishStatus(t.ref, st, cause)
 }
 
+// reportGap tells the coordinator that a running task continued past an
+// input gap.
+func (w *Worker) reportGap(t *task, g subjects.InputGap) {
+	w.publish(subjects.TaskStatus{Worker: w.name, TaskRef: t.ref, State: subjects.TaskRunning, Gap: &g})
+}
+
 func (w *Worker) publishStatus(ref subjects.TaskRef, st subjects.TaskState, cause *subjects.Error) {
-	m := subjects.TaskStatus{Worker: w.name, TaskRef: ref, State: st, Error: cause}
+	w.publish(subjects.TaskStatus{Worker: w.name, TaskRef: ref, State: st, Error: cause})
+}
+
+func (w *Worker) publish(m subjects.TaskStatus) {
+	ref, st := m.TaskRef, m.State
 	if err := w.nc.Publish(w.ns.TaskStatus(ref.Job, w.name), subjects.MustEncode(&m)); err != nil {
 		w.log.Warn("publishing task status", "job", ref.Job, "task", ref.Task, "state", st.String(), "err", err)
 	}

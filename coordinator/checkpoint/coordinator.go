@@ -183,6 +183,11 @@ type Config struct {
 	Spec           subjects.CheckpointSpec // defaults filled
 	Parallelism    int
 	MaxParallelism int
+	// Partitions is the job's partition count (0: input not partitioned):
+	// task ranges are keygroup.ForTaskIn.
+	Partitions int
+	// Input is the job's subjects.InputID, recorded in every checkpoint.
+	Input string
 }
 
 // Coordinator is one job's checkpoint coordinator. Create it with New.
@@ -324,9 +329,9 @@ func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 		return nil, fmt.Sprintf("ack for checkpoint %d from task %d attempt %d on worker %s; the attempt runs on %s", a.Checkpoint, a.Task, a.Attempt, a.Worker, p.workers[a.Task])
 	case a.Handle.Format != p.format:
 		return nil, fmt.Sprintf("ack for checkpoint %d with a %s handle, want %s", a.Checkpoint, a.Handle.Format, p.format)
-	case a.Handle.Range != keygroup.ForTask(a.Task, c.cfg.Parallelism, c.cfg.MaxParallelism):
+	case a.Handle.Range != keygroup.ForTaskIn(a.Task, c.cfg.Parallelism, c.cfg.MaxParallelism, c.cfg.Partitions):
 		return nil, fmt.Sprintf("ack for checkpoint %d from task %d with key groups %s; the task owns %s", a.Checkpoint, a.Task,
-			a.Handle.Range, keygroup.ForTask(a.Task, c.cfg.Parallelism, c.cfg.MaxParallelism))
+			a.Handle.Range, keygroup.ForTaskIn(a.Task, c.cfg.Parallelism, c.cfg.MaxParallelism, c.cfg.Partitions))
 	}
 	if _, dup := p.acks[a.Task]; dup {
 		return nil, fmt.Sprintf("duplicate ack for checkpoint %d from task %d", a.Checkpoint, a.Task)
@@ -337,7 +342,7 @@ func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 	}
 	// Every task acked: build the record and persist its metadata.
 	r := subjects.CheckpointRecord{Job: c.cfg.Job, ID: p.id, Kind: p.kind, Format: p.format, Location: p.location,
-		Parallelism: c.cfg.Parallelism, MaxParallelism: c.cfg.MaxParallelism, Triggered: p.triggered.UTC(), Completed: now.UTC()}
+		Parallelism: c.cfg.Parallelism, MaxParallelism: c.cfg.MaxParallelism, Triggered: p.triggered.UTC(), Completed: now.UTC(), Input: c.cfg.Input}
 	for i := 0; i < c.cfg.Parallelism; i++ {
 		t := p.acks[i]
 		r.Tasks = append(r.Tasks, t)

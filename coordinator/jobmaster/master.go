@@ -140,7 +140,7 @@ func New(epoch uint64, spec subjects.JobSpec, restore []RestorePoint, attempts *
 		m.CheckpointCompleted(r.ID, r.Handles)
 	}
 	for i := 0; i < spec.Parallelism; i++ {
-		m.tasks = append(m.tasks, &task{index: i, rng: keygroup.ForTask(i, spec.Parallelism, spec.MaxParallelism)})
+		m.tasks = append(m.tasks, &task{index: i, rng: subjects.TaskRange(&spec, i, spec.Parallelism)})
 	}
 	return m
 }
@@ -206,7 +206,13 @@ func (m *Master) TaskStatus(st *subjects.TaskStatus, now time.Time) []Action {
 		if err == nil {
 			err = subjects.Errorf(subjects.CodeInternal, "task %s unexpectedly", st.State)
 		}
-		return m.fail(t, err, false, now)
+		acts := m.fail(t, err, false, now)
+		if err.Code == subjects.CodeDataLoss && len(acts) > 0 {
+			// A restart would find the same events gone: the job fails,
+			// and the user decides (source.on_gap continue, or a fix).
+			return append(append(acts, JobFailed{Err: err}), m.end(subjects.JobFailed, err.Message)...)
+		}
+		return acts
 	}
 	return nil
 }

@@ -141,7 +141,10 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	co, err := coordinator.New(coordinator.Config{Conn: nc, Store: store, Logger: cfg.Logger})
+	co, err := coordinator.New(coordinator.Config{Conn: nc, Store: store, Logger: cfg.Logger,
+		// Jobs' inputs are partitioned out of the box: the coordinator adds
+		// each job's subject mapping to the embedded server.
+		MapInput: srv.GlobalAccount().AddMapping})
 	if err != nil {
 		return err
 	}

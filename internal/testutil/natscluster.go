@@ -20,33 +20,50 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-var (
-	natsBinOnce sync.Once
-	natsBin     string
-	natsBinErr  error
-)
-
 // NATSServerBinary builds the nats-server of go.mod (its module root is a
 // main package) once per test binary and returns its path, for tests that
 // run servers as processes they can kill -9.
 func NATSServerBinary(tb testing.TB) string {
 	tb.Helper()
-	natsBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "flotilla-nats-bin")
+	return GoBinary(tb, "github.com/nats-io/nats-server/v2", "nats-server")
+}
+
+// FlotillaBinary builds cmd/flotilla once per test binary and returns its
+// path, for tests that run coordinators and workers as processes.
+func FlotillaBinary(tb testing.TB) string {
+	tb.Helper()
+	return GoBinary(tb, "github.com/flotilla-io/flotilla/cmd/flotilla", "flotilla")
+}
+
+type built struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+var binaries sync.Map // package path -> *built
+
+// GoBinary builds the main package pkg into a file named name, once per
+// test binary, and returns its path.
+func GoBinary(tb testing.TB, pkg, name string) string {
+	tb.Helper()
+	v, _ := binaries.LoadOrStore(pkg, &built{})
+	b := v.(*built)
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "flotilla-bin")
 		if err != nil {
-			natsBinErr = err
+			b.err = err
 			return
 		}
-		natsBin = filepath.Join(dir, "nats-server")
-		out, err := exec.Command("go", "build", "-o", natsBin, "github.com/nats-io/nats-server/v2").CombinedOutput()
-		if err != nil {
-			natsBinErr = fmt.Errorf("go build nats-server: %v\n%s", err, out)
+		b.path = filepath.Join(dir, name)
+		if out, err := exec.Command("go", "build", "-o", b.path, pkg).CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
 		}
 	})
-	if natsBinErr != nil {
-		tb.Fatal(natsBinErr)
+	if b.err != nil {
+		tb.Fatal(b.err)
 	}
-	return natsBin
+	return b.path
 }
 
 // NATSCluster is a JetStream cluster of nats-server processes on loopback,

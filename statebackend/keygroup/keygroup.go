@@ -68,6 +68,28 @@ func ForTask(i, p, m int) Range {
 	return Range{Start: ceilDiv(i*m, p), End: ceilDiv((i+1)*m, p) - 1}
 }
 
+// Partition returns the key groups of partition j of parts partitions of
+// max parallelism m: ForTask(j, parts, m), a contiguous range. It requires
+// 0 <= j < parts <= m.
+func Partition(j, parts, m int) Range { return ForTask(j, parts, m) }
+
+// PartitionOf returns the partition of parts partitions that holds group g.
+func PartitionOf(g, parts, m int) int { return TaskFor(g, parts, m) }
+
+// ForTaskIn returns the range of task i of parallelism p when the job's
+// input is split into parts partitions of contiguous groups (parts 0: not
+// partitioned, ForTask). For p <= parts, whole partitions are assigned to
+// tasks the way ForTask assigns groups, so every task's range is a union of
+// whole partitions and no two tasks read the same partition; above parts it
+// is ForTask, and a partition is read by every task whose range overlaps it.
+func ForTaskIn(i, p, m, parts int) Range {
+	if parts < 1 || p > parts || parts > m {
+		return ForTask(i, p, m)
+	}
+	ps := ForTask(i, p, parts)
+	return Range{Start: Partition(ps.Start, parts, m).Start, End: Partition(ps.End, parts, m).End}
+}
+
 // TaskFor returns the index of the task of parallelism p that owns group g.
 func TaskFor(g, p, m int) int { return g * p / m }
 

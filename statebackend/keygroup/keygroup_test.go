@@ -55,3 +55,39 @@ func TestRangeValidateAndIntersect(t *testing.T) {
 		t.Error("disjoint ranges intersect")
 	}
 }
+
+// TestForTaskInAssignsWholePartitions checks that below the partition count
+// every task's range is a union of whole partitions, the ranges cover every
+// group once, and above it ForTaskIn is ForTask.
+func TestForTaskInAssignsWholePartitions(t *testing.T) {
+	for _, m := range []int{1, 7, 32, 128, 1000} {
+		for _, parts := range []int{1, 3, 32} {
+			if parts > m {
+				continue
+			}
+			for p := 1; p <= min(m, 40); p++ {
+				next := 0
+				for i := 0; i < p; i++ {
+					r := ForTaskIn(i, p, m, parts)
+					if r.Start != next || r.End < r.Start {
+						t.Fatalf("m=%d parts=%d p=%d task %d: range %s, want start %d", m, parts, p, i, r, next)
+					}
+					next = r.End + 1
+					if p > parts {
+						if r != ForTask(i, p, m) {
+							t.Fatalf("m=%d parts=%d p=%d task %d: %s, want ForTask", m, parts, p, i, r)
+						}
+						continue
+					}
+					first, last := PartitionOf(r.Start, parts, m), PartitionOf(r.End, parts, m)
+					if Partition(first, parts, m).Start != r.Start || Partition(last, parts, m).End != r.End {
+						t.Fatalf("m=%d parts=%d p=%d task %d: %s is not whole partitions", m, parts, p, i, r)
+					}
+				}
+				if next != m {
+					t.Fatalf("m=%d parts=%d p=%d: ranges end at %d", m, parts, p, next)
+				}
+			}
+		}
+	}
+}

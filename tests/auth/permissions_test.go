@@ -216,22 +216,28 @@ func TestFleetUnderSubjectPermissions(t *testing.T) {
 		for _, p := range []struct {
 			subject string
 			data    []byte
+			refused string // the subject the violation names, when not subject
 		}{
-			{ns.Ack("clicks", "worker-1"), ack},
-			{ns.Decline("clicks", "worker-1"), ack},
-			{ns.TaskStatus("clicks", "worker-1"), nil},
-			{ns.Barrier("clicks"), barrier},
-			{ns.Complete("clicks"), nil},
-			{ns.Heartbeat("worker-1"), nil},
-			{"$KV.FLOTILLA_CHECKPOINTS.clicks.latest", []byte(`{"id":999}`)},
-			{"$KV.FLOTILLA_JOBS.clicks", nil},
-			{"clicks.user-0", []byte(`{"n":1}`)},
-			{"_INBOX.coordinator.forged", nil},
+			{ns.Ack("clicks", "worker-1"), ack, ""},
+			{ns.Decline("clicks", "worker-1"), ack, ""},
+			{ns.TaskStatus("clicks", "worker-1"), nil, ""},
+			{ns.Barrier("clicks"), barrier, ""},
+			{ns.Complete("clicks"), nil, ""},
+			{ns.Heartbeat("worker-1"), nil, ""},
+			{"$KV.FLOTILLA_CHECKPOINTS.clicks.latest", []byte(`{"id":999}`), ""},
+			{"$KV.FLOTILLA_JOBS.clicks", nil, ""},
+			// The account maps the input: the server checks the mapped
+			// subject ($FK.<group>.clicks.<key>, user-0 in group 7).
+			{"clicks.user-0", []byte(`{"n":1}`), "$FK.7.clicks.user-0"},
+			{"_INBOX.coordinator.forged", nil, ""},
 		} {
 			if err := nc.Publish(p.subject, p.data); err != nil {
 				t.Fatal(err)
 			}
-			errs.violation(t, "Publish", p.subject)
+			if p.refused == "" {
+				p.refused = p.subject
+			}
+			errs.violation(t, "Publish", p.refused)
 		}
 		// The checkpoints bucket through the JetStream client: refused.
 		js, err := jetstream.New(nc)

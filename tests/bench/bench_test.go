@@ -45,6 +45,8 @@ type env struct {
 	js    jetstream.JetStream
 	api   *client.Client
 	store objectstore.Store
+	// storeDir is the store's directory, for worker processes.
+	storeDir string
 }
 
 func newEnv(b *testing.B) *env {
@@ -58,11 +60,12 @@ func newEnv(b *testing.B) *env {
 	if err != nil {
 		b.Fatal(err)
 	}
-	store, err := objectstore.NewFS(b.TempDir())
+	storeDir := b.TempDir()
+	store, err := objectstore.NewFS(storeDir)
 	if err != nil {
 		b.Fatal(err)
 	}
-	return &env{b: b, srv: srv, nc: nc, js: js, api: client.New(nc, subjects.Namespace{}), store: store}
+	return &env{b: b, srv: srv, nc: nc, js: js, api: client.New(nc, subjects.Namespace{}), store: store, storeDir: storeDir}
 }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -76,12 +79,7 @@ func (e *env) run(name string, f func(context.Context) error) {
 
 // fleet starts a coordinator and one worker with slots slots.
 func (e *env) fleet(slots int) *coordinator.Coordinator {
-	c, err := coordinator.New(coordinator.Config{Conn: testutil.Connect(e.b, e.srv), Store: e.store, Logger: quiet})
-	if err != nil {
-		e.b.Fatal(err)
-	}
-	e.run("coordinator", c.Run)
-	<-c.Ready()
+	c := e.coordinator()
 	w, err := worker.New(worker.Config{Conn: testutil.Connect(e.b, e.srv), DataDir: e.b.TempDir(), Slots: slots, Store: e.store, Logger: quiet})
 	if err != nil {
 		e.b.Fatal(err)
@@ -97,6 +95,42 @@ func (e *env) fleet(slots int) *coordinator.Coordinator {
 	return c
 }
 
+// coordinator starts a coordinator in this process.
+func (e *env) coordinator() *coordinator.Coordinator {
+	c, err := coordinator.New(coordinator.Config{Conn: testutil.Connect(e.b, e.srv), Store: e.store, Logger: quiet,
+		MapInput:          e.srv.GlobalAccount().AddMapping,
+		HeartbeatInterval: 500 * time.Millisecond, HeartbeatTimeout: 2 * time.Second})
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	e.run("coordinator", c.Run)
+	<-c.Ready()
+	return c
+}
+
+// input creates the partitioned input of job s as the coordinator would
+// (the mapping and the partition streams), so that it can be filled before
+// the job is submitted; the job adopts the streams.
+func (e *env) input(s subjects.JobSpec) []string {
+	s = s.WithDefaults()
+	s.Source.Layout = subjects.LayoutPartitioned
+	src, dest, err := subjects.InputMapping(&s)
+	if err != nil {
+		e.b.Fatal(err)
+	}
+	if err := e.srv.GlobalAccount().AddMapping(src, dest); err != nil {
+		e.b.Fatal(err)
+	}
+	var names []string
+	for _, c := range subjects.InputStreamConfigs(&s) {
+		if _, err := e.js.CreateStream(context.Background(), c); err != nil {
+			e.b.Fatal(err)
+		}
+		names = append(names, c.Name)
+	}
+	return names
+}
+
 // publish fills subject prefix's stream with n events over keys keys.
 func (e *env) publish(prefix string, n, keys int) {
 	for i := 0; i < n; i++ {
@@ -110,25 +144,20 @@ func (e *env) publish(prefix string, n, keys int) {
 	<-e.js.PublishAsyncComplete()
 }
 
-// rawConsume reads n messages of stream with an ordered consumer, the
-// baseline of the end-to-end figures, and returns messages per second.
-func (e *env) rawConsume(stream string, n int) float64 {
-	start := time.Now()
-	c, err := e.js.OrderedConsumer(context.Background(), stream, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		e.b.Fatal(err)
-	}
-	got := 0
-	for got < n {
-		batch, err := c.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+// waitRunning waits until every task of job runs.
+func (e *env) waitRunning(job string) {
+	testutil.CheckFor(e.b, time.Minute, time.Millisecond, func() error {
+		info, err := e.api.Status(context.Background(), job)
 		if err != nil {
-			e.b.Fatal(err)
+			return err
 		}
-		for range batch.Messages() {
-			got++
+		for _, t := range info.Tasks {
+			if t.State != subjects.TaskRunning {
+				return fmt.Errorf("task %d %s", t.Task, t.State)
+			}
 		}
-	}
-	return float64(n) / time.Since(start).Seconds()
+		return nil
+	})
 }
 
 func spec(name, stream string, parallelism int, interval time.Duration) subjects.JobSpec {
@@ -146,18 +175,7 @@ func (e *env) processJob(s subjects.JobSpec, n, keys int) float64 {
 	if _, err := e.api.Submit(ctx, s, 0, ""); err != nil {
 		e.b.Fatal(err)
 	}
-	testutil.CheckFor(e.b, time.Minute, time.Millisecond, func() error {
-		info, err := e.api.Status(ctx, s.Name)
-		if err != nil {
-			return err
-		}
-		for _, t := range info.Tasks {
-			if t.State != subjects.TaskRunning {
-				return fmt.Errorf("task %d %s", t.Task, t.State)
-			}
-		}
-		return nil
-	})
+	e.waitRunning(s.Name)
 	start := time.Now()
 	last := "k" + strconv.Itoa((n-1)%keys)
 	want := strconv.Itoa((n-1)/keys + 1)
@@ -174,33 +192,6 @@ func (e *env) processJob(s subjects.JobSpec, n, keys int) float64 {
 	return float64(n) / time.Since(start).Seconds()
 }
 
-// BenchmarkCountJob: events/s of a one-task count job catching up on a
-// stream, against raw JetStream consumption of the same stream.
-func BenchmarkCountJob(b *testing.B) {
-	e := newEnv(b)
-	n, keys := events(), 1000
-	if _, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "RAW", Subjects: []string{"RAW.*"}}); err != nil {
-		b.Fatal(err)
-	}
-	e.publish("RAW", n, keys)
-	e.fleet(1)
-	// The job's stream is created on submit; fill it first so both read the
-	// same backlog.
-	s := spec("count", "EVENTS", 1, 0)
-	tr, _ := subjects.SourceTransform(&subjects.JobSpec{MaxParallelism: 128, Source: s.Source})
-	if _, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "EVENTS", Subjects: s.Source.Subjects, SubjectTransform: &tr}); err != nil {
-		b.Fatal(err)
-	}
-	e.publish("EVENTS", n, keys)
-	b.ResetTimer()
-	raw := e.rawConsume("EVENTS", n)
-	job := e.processJob(s, n, keys)
-	b.ReportMetric(raw, "raw-events/s")
-	b.ReportMetric(job, "job-events/s")
-	b.ReportMetric(job/raw, "ratio")
-	b.Logf("count job %.0f events/s per task, raw JetStream consumption %.0f events/s: ratio %.2f (target >= 0.5)", job, raw, job/raw)
-}
-
 // BenchmarkCheckpointOverhead: the same job with a checkpoint every second
 // against checkpointing off, alternating over rounds in one run and
 // comparing medians, so that machine noise and warm-up hit both alike.
@@ -213,10 +204,7 @@ func BenchmarkCheckpointOverhead(b *testing.B) {
 		for i, interval := range []time.Duration{0, time.Second} {
 			stream := fmt.Sprintf("CK%d_%d", i, round)
 			s := spec(fmt.Sprintf("ck%d-%d", i, round), stream, 1, interval)
-			tr, _ := subjects.SourceTransform(&subjects.JobSpec{MaxParallelism: 128, Source: s.Source})
-			if _, err := e.js.CreateStream(context.Background(), jetstream.StreamConfig{Name: stream, Subjects: s.Source.Subjects, SubjectTransform: &tr}); err != nil {
-				b.Fatal(err)
-			}
+			e.input(s)
 			e.publish(stream, n, keys)
 			rates[i] = append(rates[i], e.processJob(s, n, keys))
 			if interval > 0 {

@@ -218,7 +218,7 @@ func runChaos(t *testing.T, clustered bool) {
 		c.faults, injected.Round(time.Second), strings.Join(kinds, ", "), acked)
 	c.waitRunning(3 * time.Minute)
 
-	tr, err := groundTruth(context.Background(), c.js, sourceStream, acked)
+	tr, err := groundTruth(context.Background(), c.js, c.inputStreams(), acked)
 	if err != nil {
 		t.Fatal(err)
 	}

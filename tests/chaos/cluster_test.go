@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,11 +36,12 @@ const (
 	heartbeatTimeout  = 2 * time.Second
 	checkpointEvery   = 500 * time.Millisecond
 
-	sourceStream = "CLICKS"
-	countJob     = "counts"
-	windowJob    = "windows"
-	countSink    = "COUNTS"
-	windowSink   = "WINDOWS"
+	sourceStream   = "CLICKS"
+	maxParallelism = 128
+	countJob       = "counts"
+	windowJob      = "windows"
+	countSink      = "COUNTS"
+	windowSink     = "WINDOWS"
 	// checkpointBucket is the coordinator's KV bucket of checkpoint records
 	// for the default subject prefix (docs/DESIGN.md, "Checkpoints, as
 	// built").
@@ -187,7 +189,7 @@ func (c *cluster) procs() []*proc {
 // specs returns the two jobs: a count and a 1 s tumbling-window count over
 // the same source stream, each with a deduplicating sink stream.
 func specs() []subjects.JobSpec {
-	base := subjects.JobSpec{Parallelism: parallelism,
+	base := subjects.JobSpec{Parallelism: parallelism, MaxParallelism: maxParallelism,
 		Source:     subjects.SourceSpec{Stream: sourceStream, Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
 		Checkpoint: subjects.CheckpointSpec{Interval: subjects.Duration(checkpointEvery), Timeout: subjects.Duration(15 * time.Second), Retained: 3},
 		Restart:    subjects.RestartSpec{InitialDelay: subjects.Duration(200 * time.Millisecond), MaxDelay: subjects.Duration(2 * time.Second)},
@@ -198,6 +200,27 @@ func specs() []subjects.JobSpec {
 	win.Operator = subjects.OperatorSpec{Type: "window", Size: subjects.Duration(windowSize)}
 	win.Sink = subjects.SinkSpec{Subject: "out.windows"}
 	return []subjects.JobSpec{count, win}
+}
+
+// inputStreams returns the partition streams of the jobs' input, checking
+// that the coordinator partitioned it: nats.conf carries the mapping.
+func (c *cluster) inputStreams() []string {
+	spec := specs()[0].WithDefaults()
+	spec.Source.Layout = subjects.LayoutPartitioned
+	var out []string
+	for _, s := range subjects.InputStreamConfigs(&spec) {
+		out = append(out, s.Name)
+	}
+	for _, job := range []string{countJob, windowJob} {
+		info, err := c.api.Status(context.Background(), job)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if info.Input == nil || info.Input.Layout != subjects.LayoutPartitioned || !slices.Equal(info.Input.Streams, out) {
+			c.t.Fatalf("job %s input: %+v, want partitioned into %v", job, info.Input, out)
+		}
+	}
+	return out
 }
 
 // submitJobs creates the sink streams and submits both jobs. A sink's

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/subjects"
 )
 
 // binaries are built once per test binary, without the race detector: the
@@ -278,7 +279,11 @@ func newNATSServer(t *testing.T, logDir, bin string, r *rand.Rand) *natsServer {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "nats.conf")
 	store := filepath.Join(dir, "jetstream")
-	cfg := fmt.Sprintf("listen: \"127.0.0.1:%d\"\nmax_payload: 1MB\njetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", port, store)
+	// The mapping partitions the jobs' input by key group (both jobs read
+	// clicks.* with the same max parallelism).
+	spec := specs()[0].WithDefaults()
+	cfg := fmt.Sprintf("listen: \"127.0.0.1:%d\"\nmax_payload: 1MB\njetstream {\n  store_dir: %q\n  sync_interval: always\n}\n%s\n",
+		port, store, subjects.MappingConfig(&spec))
 	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

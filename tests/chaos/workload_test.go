@@ -199,17 +199,13 @@ type truth struct {
 // events the publisher had acknowledged, each once (JetStream with
 // sync_interval: always loses no acknowledged write across kill -9, and its
 // duplicate window drops the publisher's retries).
-func groundTruth(ctx context.Context, js jetstream.JetStream, stream string, acked int) (truth, error) {
+func groundTruth(ctx context.Context, js jetstream.JetStream, streams []string, acked int) (truth, error) {
 	tr := truth{count: map[string]int64{}, open: map[string]window{}, closed: map[string][]window{}}
 	var last time.Time // the newest timestamp in the stream
 	seen := make([]bool, acked)
 	var dups, unknown int
-	err := readStream(ctx, js, stream, func(m jetstream.Msg, meta *jetstream.MsgMetadata) error {
-		_, orig, err := subjects.ParseKeyedSubject(m.Subject())
-		if err != nil {
-			return err
-		}
-		key, err := subjects.KeyToken(orig, 2)
+	read := func(m jetstream.Msg, meta *jetstream.MsgMetadata) error {
+		_, key, _, err := subjects.ParseInputSubject(m.Subject(), 2, maxParallelism)
 		if err != nil {
 			return err
 		}
@@ -240,9 +236,12 @@ func groundTruth(ctx context.Context, js jetstream.JetStream, stream string, ack
 			last = meta.Timestamp
 		}
 		return nil
-	})
-	if err != nil {
-		return tr, err
+	}
+	// A key's events are all in one partition stream, in order.
+	for _, stream := range streams {
+		if err := readStream(ctx, js, stream, read); err != nil {
+			return tr, err
+		}
 	}
 	for key, w := range tr.open {
 		if !last.Before(w.End) {

@@ -66,7 +66,8 @@ func (f *fleet) startCoordinator() context.CancelFunc {
 // startCoordinatorWith is startCoordinator with a hook to adjust the config.
 func (f *fleet) startCoordinatorWith(adjust func(*coordinator.Config)) (context.CancelFunc, *coordinator.Coordinator) {
 	cfg := coordinator.Config{Conn: f.conn(), Store: f.store, Logger: logger(f.t),
-		HeartbeatInterval: 200 * time.Millisecond, HeartbeatTimeout: time.Second}
+		HeartbeatInterval: 200 * time.Millisecond, HeartbeatTimeout: time.Second,
+		MapInput: func(src, dest string) error { return f.srv.GlobalAccount().AddMapping(src, dest) }}
 	if adjust != nil {
 		adjust(&cfg)
 	}

@@ -40,7 +40,11 @@ func TestSkippedEventsAreCountedAndDeadLettered(t *testing.T) {
 		t.Fatal(err)
 	}
 	bodies := []string{`{"n":9007199254740993}`, `not json`, `{"n":1}`, `{"m":1}`, `{"n":9223372036854775807}`, `{"n":"x"}`}
-	bad := map[uint64]string{} // stream sequence -> body
+	type at struct {
+		stream string
+		seq    uint64
+	}
+	bad := map[at]string{} // input stream and sequence -> body
 	for i := range 60 {
 		body := bodies[i%len(bodies)]
 		ack, err := js.Publish(ctx, "orders.k"+strconv.Itoa(i%2), []byte(body))
@@ -48,7 +52,7 @@ func TestSkippedEventsAreCountedAndDeadLettered(t *testing.T) {
 			t.Fatal(err)
 		}
 		if i%len(bodies) != 0 && i%len(bodies) != 2 {
-			bad[ack.Sequence] = body
+			bad[at{ack.Stream, ack.Sequence}] = body
 		}
 	}
 	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
@@ -79,30 +83,31 @@ func TestSkippedEventsAreCountedAndDeadLettered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := map[uint64]bool{}
+	seen := map[at]bool{}
 	for len(seen) < len(bad) {
 		m, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
 		if err != nil {
 			t.Fatalf("%d of %d dead letters: %v", len(seen), len(bad), err)
 		}
 		h := m.Headers()
-		seq, err := strconv.ParseUint(h.Get(subjects.HdrSourceSeq), 10, 64)
+		n, err := strconv.ParseUint(h.Get(subjects.HdrSourceSeq), 10, 64)
 		if err != nil {
 			t.Fatalf("dead letter without a source sequence: %v", h)
 		}
+		seq := at{h.Get(subjects.HdrSourceStream), n}
 		body, ok := bad[seq]
 		switch {
 		case !ok:
-			t.Errorf("dead letter of good event %d (%s)", seq, m.Data())
+			t.Errorf("dead letter of good event %v (%s)", seq, m.Data())
 		case string(m.Data()) != body:
-			t.Errorf("dead letter of %d carries %q, want %q", seq, m.Data(), body)
+			t.Errorf("dead letter of %v carries %q, want %q", seq, m.Data(), body)
 		case h.Get(subjects.HdrDeadLetterReason) == "", !strings.HasPrefix(h.Get(subjects.HdrSourceSubject), "orders.k"), h.Get(subjects.HdrJob) != "sums":
 			t.Errorf("dead letter headers %v", h)
 		case body == `{"n":9223372036854775807}` && !strings.Contains(h.Get(subjects.HdrDeadLetterReason), "overflow"):
 			t.Errorf("overflow reason %q", h.Get(subjects.HdrDeadLetterReason))
 		}
 		if seen[seq] {
-			t.Errorf("dead letter of %d twice", seq)
+			t.Errorf("dead letter of %v twice", seq)
 		}
 		seen[seq] = true
 		ids = append(ids, h.Get(nats.MsgIdHdr))

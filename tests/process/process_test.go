@@ -9,8 +9,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,31 +23,7 @@ import (
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
-var (
-	buildOnce sync.Once
-	binary    string
-	buildErr  error
-)
-
-// flotillaBinary builds cmd/flotilla once per test binary.
-func flotillaBinary(t *testing.T) string {
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "flotilla-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(dir, "flotilla")
-		out, err := exec.Command("go", "build", "-o", binary, "github.com/flotilla-io/flotilla/cmd/flotilla").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binary
-}
+func flotillaBinary(t *testing.T) string { return testutil.FlotillaBinary(t) }
 
 type proc struct {
 	t    *testing.T
@@ -109,6 +83,7 @@ func TestKilledWorkerProcess(t *testing.T) {
 	}
 	nc := testutil.Connect(t, srv)
 	co, err := coordinator.New(coordinator.Config{Conn: testutil.Connect(t, srv), Store: store,
+		MapInput:          srv.GlobalAccount().AddMapping,
 		HeartbeatInterval: 200 * time.Millisecond, HeartbeatTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)

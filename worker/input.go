@@ -1,0 +1,274 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
+	"github.com/flotilla-io/flotilla/subjects"
+)
+
+// input is one stream a task reads, and the stream sequence of the last
+// event of it handed to the batch.
+type input struct {
+	subjects.InputStream
+	position uint64
+	pending  uint64 // messages left in the stream after the last event
+}
+
+// inputs returns the streams the task reads: the partition streams of its
+// groups, or the job's one stream.
+func (t *task) openInputs() {
+	t.inputs, t.lag = t.inputs[:0], 0
+	for _, s := range subjects.InputStreams(&t.spec, t.rng) {
+		t.inputs = append(t.inputs, &input{InputStream: s})
+	}
+	if t.spec.Partitions() == 0 {
+		t.log.Warn("job input is not partitioned", "note", subjects.UnpartitionedNote(&t.spec))
+	}
+}
+
+// startSeq returns the sequence of stream in to consume from: the lowest
+// applied mark of the task's groups stored in it plus one, or 0 if one of
+// them has none (consume everything).
+func (t *task) startSeq(in *input) uint64 {
+	r, _ := in.Groups.Intersect(t.rng)
+	start := uint64(0)
+	for g := r.Start; g <= r.End; g++ {
+		a := t.be.Applied(g)
+		if a == 0 {
+			return 0
+		}
+		if start == 0 || a+1 < start {
+			start = a + 1
+		}
+	}
+	return start
+}
+
+// checkEvicted compares the applied marks of the task's groups in stream in
+// with the stream's first sequence: a restored group whose next event is
+// below it lost events to the stream's limits.
+func (t *task) checkEvicted(ctx context.Context, js jetstream.JetStream, in *input) (*subjects.InputGap, error) {
+	s, err := js.Stream(ctx, in.Name)
+	if err != nil {
+		return nil, err
+	}
+	first := s.CachedInfo().State.FirstSeq
+	r, _ := in.Groups.Intersect(t.rng)
+	if len(t.restore) == 0 {
+		if first > 1 {
+			t.log.Info("starting a fresh task on a stream whose first events are gone", "stream", in.Name, "first_seq", first)
+		}
+		return nil, nil
+	}
+	var gap *subjects.InputGap
+	for g := r.Start; g <= r.End; g++ {
+		next := t.be.Applied(g) + 1
+		if next >= first {
+			continue
+		}
+		if gap == nil {
+			gap = &subjects.InputGap{Stream: in.Name, Groups: keygroup.Range{Start: g, End: g}, First: next, Last: first - 1}
+		}
+		gap.Groups.Start, gap.Groups.End = min(gap.Groups.Start, g), max(gap.Groups.End, g)
+		gap.First = min(gap.First, next)
+	}
+	return gap, nil
+}
+
+// consume starts an ordered consumer of each input stream, unfiltered, and
+// a reader goroutine per stream that decodes its messages and hands them to
+// the task goroutine in stream order.
+//
+// The ordered consumer is what keeps each input gapless: it checks every
+// delivery's consumer sequence and, on a gap, a missed heartbeat or a
+// reconnect, recreates itself from the stream sequence after the last
+// message it handed over. Messages handed over are in the task's memory
+// (the channel, then the batch), so nothing is skipped; and whatever is
+// delivered twice (after a restore) is skipped by the applied marks. Events
+// the stream evicted before they were read arrive as a gap record.
+func (t *task) consume() (<-chan inputEvent, <-chan error, func(), error) {
+	js, err := jetstream.New(t.w.nc)
+	if err != nil {
+		return nil, nil, nil, subjects.Errorf(subjects.CodeInternal, "jetstream: %v", err)
+	}
+	t.openInputs()
+	recs := make(chan inputEvent, t.w.cfg.BatchSize)
+	errc := make(chan error, len(t.inputs))
+	rctx, rcancel := context.WithCancel(t.ctx)
+	var readers sync.WaitGroup
+	var stops []func()
+	stopAll := func() {
+		rcancel()
+		for _, s := range stops {
+			s()
+		}
+		readers.Wait()
+	}
+	cctx, cancel := context.WithTimeout(t.ctx, 30*time.Second)
+	defer cancel()
+	for i, in := range t.inputs {
+		it, stop, err := t.openInput(cctx, js, in)
+		if err != nil {
+			stopAll()
+			return nil, nil, nil, err
+		}
+		stops = append(stops, stop)
+		gap, err := t.checkEvicted(cctx, js, in)
+		if err != nil {
+			stopAll()
+			return nil, nil, nil, subjects.Errorf(subjects.CodeStorageUnavailable, "input stream %q: %v", in.Name, err)
+		}
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			t.read(rctx, js, i, in, it, gap, recs, errc)
+		}()
+	}
+	return recs, errc, stopAll, nil
+}
+
+// openInput starts the ordered consumer of one input stream.
+func (t *task) openInput(ctx context.Context, js jetstream.JetStream, in *input) (jetstream.MessagesContext, func(), error) {
+	cfg := jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		NamePrefix:    fmt.Sprintf("flotilla_%s_%d_%d_%d", t.ref.Job, t.ref.Task, t.ref.Attempt, in.Part),
+	}
+	if seq := t.startSeq(in); seq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq
+	}
+	var cons jetstream.Consumer
+	var it jetstream.MessagesContext
+	var err error
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+		cons, err = js.OrderedConsumer(ctx, in.Name, cfg)
+		if err == nil {
+			it, err = cons.Messages(jetstream.PullMaxMessages(2 * t.w.cfg.BatchSize))
+		}
+		if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+			continue
+		}
+		break
+	}
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, nil, subjects.Errorf(subjects.CodeUnknownJob, "input stream %q of job %s does not exist", in.Name, t.ref.Job)
+		}
+		if cause := context.Cause(t.ctx); cause != nil {
+			return nil, nil, cause
+		}
+		return nil, nil, subjects.Errorf(subjects.CodeStorageUnavailable, "consume stream %q: %v", in.Name, err)
+	}
+	stop := func() {
+		it.Stop()
+		if info := cons.CachedInfo(); info != nil {
+			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = js.DeleteConsumer(dctx, in.Name, info.Name)
+			cancel()
+		}
+	}
+	return it, stop, nil
+}
+
+// read decodes the messages of input i and hands them over until the task
+// stops. A jump in stream sequences past the stream's first sequence means
+// events were evicted before they were read: it hands over a gap.
+func (t *task) read(ctx context.Context, js jetstream.JetStream, i int, in *input, it jetstream.MessagesContext,
+	gap *subjects.InputGap, recs chan<- inputEvent, errc chan<- error) {
+	send := func(r inputEvent) bool {
+		select {
+		case recs <- r:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	if gap != nil && !send(inputEvent{in: i, gap: gap, group: -1}) {
+		return
+	}
+	var last uint64
+	tok, m := t.spec.Source.Key.SubjectToken, t.m
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				errc <- err
+			}
+			return
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			errc <- fmt.Errorf("input message without JetStream metadata: %w", err)
+			return
+		}
+		seq := meta.Sequence.Stream
+		if last > 0 && seq > last+1 {
+			if g := t.evictedBetween(ctx, js, in, last, seq); g != nil && !send(inputEvent{in: i, gap: g, group: -1}) {
+				return
+			}
+		}
+		last = seq
+		ev := inputEvent{in: i, data: msg.Data(), time: meta.Timestamp, seq: seq, pending: meta.NumPending}
+		ev.group, ev.key, ev.subject, ev.err = subjects.ParseInputSubject(msg.Subject(), tok, m)
+		if ev.err != nil {
+			ev.group, ev.subject, ev.what = -1, msg.Subject(), "event with a malformed subject"
+		}
+		if !send(ev) {
+			return
+		}
+	}
+}
+
+// evictedBetween returns the gap between two delivered sequences of an
+// unfiltered read that the stream's limits evicted, or nil when the
+// messages in between were deleted otherwise (or the stream cannot say).
+func (t *task) evictedBetween(ctx context.Context, js jetstream.JetStream, in *input, last, seq uint64) *subjects.InputGap {
+	s, err := js.Stream(ctx, in.Name)
+	if err != nil {
+		t.log.Warn("input sequence jump: cannot read the stream's first sequence", "stream", in.Name, "after", last, "next", seq, "err", err)
+		return nil
+	}
+	first := s.CachedInfo().State.FirstSeq
+	if first <= last+1 {
+		return nil
+	}
+	r, _ := in.Groups.Intersect(t.rng)
+	return &subjects.InputGap{Stream: in.Name, Groups: r, First: last + 1, Last: min(seq, first) - 1}
+}
+
+// onGap handles events evicted before they were applied: the task fails
+// with data_loss, or, with source.on_gap continue, records the gap and goes
+// on.
+func (t *task) onGap(g subjects.InputGap) error {
+	g.Time = time.Now().UTC()
+	what := fmt.Sprintf("job %s: events of key groups %s in input stream %s, sequences %d-%d, were evicted by the stream's limits before they were applied",
+		t.ref.Job, g.Groups, g.Stream, g.First, g.Last)
+	if t.spec.Source.OnGap != subjects.OnGapContinue {
+		return subjects.Errorf(subjects.CodeDataLoss, "%s; the job fails rather than skip them (source.on_gap %q: resubmit with on_gap \"continue\" to go on past them, or raise the stream's max_msgs/max_age)",
+			what, t.spec.Source.OnGap)
+	}
+	t.log.Error("input gap: continuing past lost events (source.on_gap continue)", "gap", g.String(), "note", what)
+	t.w.reportGap(t, g)
+	return nil
+}
+
+// inputNames lists the task's input streams for logs.
+func (t *task) inputNames() string {
+	names := make([]string, len(t.inputs))
+	for i, in := range t.inputs {
+		names[i] = in.Name
+	}
+	return strings.Join(names, ",")
+}
