@@ -510,8 +510,11 @@ func (c *Coordinator) doJM(job string, acts []jobmaster.Action, now time.Time) {
 				c.doCC(job, e.cc.TaskFailed(a.Task.Task, now), now)
 			}
 			c.log.Warn("task failed", "job", job, "task", a.Task.Task, "attempt", a.Task.Attempt, "worker", a.Worker, "err", a.Err, "restart_in", a.Delay)
-			c.event(subjects.Event{Kind: subjects.EventTaskFailed, Job: job, Worker: a.Worker, Error: a.Err,
-				Message: fmt.Sprintf("task %d restarts in %s", a.Task.Task, a.Delay)}, job)
+			msg := fmt.Sprintf("task %d restarts in %s", a.Task.Task, a.Delay)
+			if a.Err.Code == subjects.CodeDataLoss {
+				msg = fmt.Sprintf("task %d lost input events; the job fails (source.on_gap continue goes on past them)", a.Task.Task)
+			}
+			c.event(subjects.Event{Kind: subjects.EventTaskFailed, Job: job, Worker: a.Worker, Error: a.Err, Message: msg}, job)
 		default:
 			panic(fmt.Sprintf("coordinator: unknown job master action %T", a))
 		}

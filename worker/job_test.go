@@ -48,7 +48,7 @@ func newTestJob(t testing.TB, s *server.Server, name string, parallelism int) *t
 }
 
 // newTestJobIn is newTestJob with the given input layout.
-func newTestJobIn(t testing.TB, s *server.Server, name string, parallelism int, layout string) *testJob {
+func newTestJobIn(t testing.TB, s *server.Server, name string, parallelism int, layout string, adjust ...func(*subjects.JobSpec)) *testJob {
 	t.Helper()
 	spec := subjects.JobSpec{
 		Name: name, Parallelism: parallelism, MaxParallelism: testM,
@@ -57,6 +57,9 @@ func newTestJobIn(t testing.TB, s *server.Server, name string, parallelism int, 
 		Sink:     subjects.SinkSpec{Subject: name + ".out"},
 	}.WithDefaults()
 	spec.Source.Layout = layout
+	for _, f := range adjust {
+		f(&spec)
+	}
 	if err := spec.Validate(); err != nil {
 		t.Fatal(err)
 	}

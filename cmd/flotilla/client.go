@@ -146,6 +146,19 @@ func printJob(w io.Writer, info subjects.JobInfo, asJSON bool) error {
 	if info.Waiting != nil {
 		fmt.Fprintf(w, "%s: add workers or free slots\n", info.Waiting)
 	}
+	for _, warning := range info.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warning)
+	}
+	if in := info.Input; in != nil {
+		if in.Partitions > 0 {
+			fmt.Fprintf(w, "input: partitioned, %d streams %s ... %s\n", in.Partitions, in.Streams[0], in.Streams[len(in.Streams)-1])
+		} else {
+			fmt.Fprintf(w, "input: %s\n", in.Note)
+		}
+		for _, g := range in.Gaps {
+			fmt.Fprintf(w, "input gap: events lost at %s, %s\n", g.Time.Format(time.RFC3339), g)
+		}
+	}
 	return printTasks(w, info)
 }
 

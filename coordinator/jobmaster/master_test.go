@@ -19,7 +19,7 @@ import (
 //	new parallelism=2 [max=8] [restore=4]   a job master (restoring from checkpoint 4)
 //	start
 //	offer w1 0:a1 1:a2                      a worker offers slots
-//	status task=0 attempt=N running|failed|canceled
+//	status task=0 attempt=N running|failed|canceled|corrupt|data_loss
 //	deploy-failed task=0 attempt=N code=slot_mismatch
 //	lost w1 a1 a2                           the resource manager lost a worker
 //	tick 1s
@@ -79,6 +79,8 @@ func TestScenarios(t *testing.T) {
 						st.State = subjects.TaskCanceled
 					case "corrupt":
 						st.State, st.Error = subjects.TaskFailed, subjects.Errorf(subjects.CodeCorruptState, "bad checksum")
+					case "data_loss":
+						st.State, st.Error = subjects.TaskFailed, subjects.Errorf(subjects.CodeDataLoss, "events evicted")
 					}
 				}
 				return format(m.TaskStatus(st, now))

@@ -107,3 +107,44 @@ func TestInputWithoutMapping(t *testing.T) {
 		t.Fatalf("partitioned job over an unpartitioned stream's subjects: %v", err)
 	}
 }
+
+// TestInputLimits: the spec's limits reach every input stream, submit warns
+// when they can evict events newer than the oldest retained checkpoint, and
+// a bad on_gap is refused.
+func TestInputLimits(t *testing.T) {
+	f := newFleet(t)
+	f.startCoordinator()
+	ctx := context.Background()
+	spec := countSpec("limited", 1)
+	spec.Source.MaxAge = subjects.Duration(5 * time.Second)
+	spec.Source.MaxMsgs = 5000
+	spec.Checkpoint = subjects.CheckpointSpec{Interval: subjects.Duration(10 * time.Second), Retained: 3}
+	info, err := f.api.Submit(ctx, spec, 0, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(info.Warnings, "\n")
+	for _, want := range []string{"source.max_age 5s can evict events newer than the oldest retained checkpoint", "source.max_msgs 5000"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("submit warnings %q do not say %q", info.Warnings, want)
+		}
+	}
+	js, err := jetstream.New(f.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range info.Input.Streams {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := s.CachedInfo().Config; c.MaxAge != 5*time.Second || c.MaxMsgs != 5000 {
+			t.Fatalf("stream %s: max_age %s, max_msgs %d", name, c.MaxAge, c.MaxMsgs)
+		}
+	}
+	bad := countSpec("bad", 1)
+	bad.Source.OnGap = "skip"
+	if _, err := f.api.Submit(ctx, bad, 0, ""); subjects.CodeOf(err) != subjects.CodeInvalidJobSpec || !strings.Contains(err.Error(), "on_gap") {
+		t.Errorf("on_gap skip: %v", err)
+	}
+}
