@@ -53,6 +53,7 @@ func newLocalTask(tb testing.TB, op Operator, m int, rng keygroup.Range, be *sta
 		rng:  rng, m: m, op: op, be: be, log: slog.New(slog.DiscardHandler),
 		sink: &sink{stored: map[string]bool{}},
 	}
+	t.inputs = []*input{{InputStream: subjects.InputStream{Name: "local", Groups: keygroup.Range{Start: 0, End: m - 1}}}}
 	t.batch = be.NewBatch()
 	t.cache = newStateCache(t.batch, DefaultStateCacheEntries, DefaultStateCacheBytes)
 	t.octx.st, t.octx.out = t.cache, &t.outs
