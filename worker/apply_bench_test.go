@@ -57,6 +57,7 @@ func newLocalTask(tb testing.TB, op Operator, m int, rng keygroup.Range, be *sta
 	t.batch = be.NewBatch()
 	t.cache = newStateCache(t.batch, DefaultStateCacheEntries, DefaultStateCacheBytes)
 	t.octx.st, t.octx.out = t.cache, &t.outs
+	t.clock.input = t.inputTime
 	t.octx.clock, t.octx.timers = &t.clock, &t.timers
 	if err := loadTimers(&t.timers, be); err != nil {
 		tb.Fatal(err)

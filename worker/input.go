@@ -19,7 +19,22 @@ import (
 type input struct {
 	subjects.InputStream
 	position uint64
-	pending  uint64 // messages left in the stream after the last event
+	pending  uint64    // messages left in the stream after the last event
+	time     time.Time // the newest JetStream timestamp of its events read
+}
+
+// inputTime returns the input time of group g: the newest timestamp read
+// from the one stream that holds g. Each stream's timestamps grow with its
+// sequence, so every event of g stamped before it has been read; the
+// streams of a task are read concurrently, so one stream's time says
+// nothing of another's.
+func (t *task) inputTime(g int) (time.Time, bool) {
+	for _, in := range t.inputs {
+		if in.Groups.Contains(g) {
+			return in.time, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // inputs returns the streams the task reads: the partition streams of its

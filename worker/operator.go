@@ -124,8 +124,11 @@ type Context struct {
 // taskClock is the time a task's operators see.
 type taskClock struct {
 	now time.Time // processing time, read from the Clock once per round
-	// input is the newest JetStream timestamp of the events applied.
-	input time.Time
+	// input returns the input time of a key group (see task.inputTime);
+	// nil in a Context made for testing without a task, whose input time
+	// is fixed.
+	input func(group int) (time.Time, bool)
+	fixed time.Time
 }
 
 // NewContext returns a Context over st for key, for testing operators
@@ -136,7 +139,7 @@ func NewContext(st KeyedState, key string) *Context { return NewContextAt(st, ke
 // input time) is now, for testing operators without a task. Timers it
 // registers are stored in st under TimerState; nothing fires them.
 func NewContextAt(st KeyedState, key string, now time.Time) *Context {
-	c := &Context{st: storeAdapter{st}, clock: &taskClock{now: now, input: now}}
+	c := &Context{st: storeAdapter{st}, clock: &taskClock{now: now, fixed: now}}
 	c.reset(key, 0, 0)
 	return c
 }
@@ -188,17 +191,25 @@ func (c *Context) Delete(state string) error {
 // of events and once before due timers fire.
 func (c *Context) Now() time.Time { return c.clock.now }
 
-// InputTime returns how far the task's input has progressed, in JetStream
-// time: the timestamp of the newest event applied. Every event stored
-// before it has been applied, since a stream's timestamps grow with its
-// sequence, so an operator that assigns events to windows by Event.Time can
-// close a window ending at t once InputTime is past t, and what it emits
-// then depends on the input alone: a replay, or a fenced attempt that
-// still publishes, emits the same window under the same id. InputTime
-// never moves with the processing clock: an input that receives nothing
-// holds it still (closing on an idle input needs the server to confirm
-// that nothing is unread, which is not built yet).
-func (c *Context) InputTime() time.Time { return c.clock.input }
+// InputTime returns how far the input of the current key has progressed,
+// in JetStream time: the timestamp of the newest event read from the stream
+// that holds the key's group. Every event of that stream stamped before it
+// has been read, since a stream's timestamps grow with its sequence, so an
+// operator that assigns events to windows by Event.Time can close a window
+// ending at t once InputTime is past t, and what it emits then depends on
+// the input alone: a replay, or a fenced attempt that still publishes,
+// emits the same window under the same id. InputTime never moves with the
+// processing clock: a stream that receives nothing holds it still (closing
+// on an idle input needs the server to confirm that nothing is unread,
+// which is not built yet).
+func (c *Context) InputTime() time.Time {
+	if c.clock.input != nil {
+		if t, ok := c.clock.input(c.group); ok {
+			return t
+		}
+	}
+	return c.clock.fixed
+}
 
 // RegisterTimer registers a processing-time timer for the current key at
 // at: OnTimer (the operator must be a TimerOperator) is called for the key

@@ -183,6 +183,7 @@ func (t *task) execute() (err error) {
 	t.cache = newStateCache(t.batch, t.w.cfg.StateCacheEntries, t.w.cfg.StateCacheBytes)
 	t.octx.st = t.cache
 	t.octx.out = &t.outs
+	t.clock.input = t.inputTime
 	t.octx.clock, t.octx.timers = &t.clock, &t.timers
 	if t.spec.Sink.Emit == subjects.EmitLatest {
 		t.outs.latest = map[string]int{}
@@ -483,8 +484,8 @@ func (t *task) apply(ev *inputEvent) error {
 	// lag sums what every input still holds after its last event read
 	// (in.pending is set below).
 	t.lag = t.lag - in.pending + ev.pending
-	if ev.time.After(t.clock.input) {
-		t.clock.input = ev.time
+	if ev.time.After(in.time) {
+		in.time = ev.time
 	}
 	in.pending = ev.pending
 	if ev.group < 0 {

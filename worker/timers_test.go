@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -188,7 +189,7 @@ func TestTimersAreRescaledWithTheirKeyGroups(t *testing.T) {
 				t.Errorf("task %d (%v) restored timer %+v", i, rng, r)
 			}
 		}
-		half.clock.input = t0.Add(2 * time.Minute)
+		half.inputs[0].time = t0.Add(2 * time.Minute)
 		fireAt(t, half, t0.Add(time.Minute))
 		for _, line := range taken(half) {
 			k, w := windowOf(t, line)
@@ -310,7 +311,24 @@ func TestRunningTaskFiresTimers(t *testing.T) {
 	if outs := j.outputs(t); len(outs) != 0 {
 		t.Fatalf("outputs while the input is behind the window's end: %v", outs)
 	}
-	j.publish(t, 1) // user-7: the input passes user-0's window
+	// An event of another key in user-0's stream: that stream's input time
+	// passes user-0's window (a stream's time says nothing of another's).
+	m := j.spec.MaxParallelism
+	var part keygroup.Range
+	for _, in := range subjects.InputStreams(&j.spec, keygroup.Range{Start: 0, End: m - 1}) {
+		if in.Groups.Contains(keygroup.Of([]byte("user-0"), m)) {
+			part = in.Groups
+		}
+	}
+	other := ""
+	for i := 0; other == ""; i++ {
+		if k := "other-" + strconv.Itoa(i); part.Contains(keygroup.Of([]byte(k), m)) {
+			other = k
+		}
+	}
+	if _, err := j.js.Publish(context.Background(), strings.Replace(j.spec.Source.Subjects[0], "*", other, 1), []byte(`{"n":1}`)); err != nil {
+		t.Fatal(err)
+	}
 	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
 		outs := j.outputs(t)
 		if len(outs) != 1 {

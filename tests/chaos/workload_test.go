@@ -191,9 +191,9 @@ type truth struct {
 // window (aligned to the Unix epoch) starts after the key's open window
 // closes it and opens its own; any other event, late ones included, counts
 // in the open window. A key's last window is closed too (by its timer) when
-// the stream holds an event of any key at or after its end: a task reads the
-// whole stream in timestamp order, and its input time passes the window's
-// end with that event.
+// the stream that holds the key has an event of any key stamped at or after
+// its end: a task reads each stream in timestamp order, and the key's input
+// time passes the window's end with that event.
 //
 // It also checks the harness's own premise: the stream holds exactly the
 // events the publisher had acknowledged, each once (JetStream with
@@ -201,13 +201,13 @@ type truth struct {
 // duplicate window drops the publisher's retries).
 func groundTruth(ctx context.Context, js jetstream.JetStream, streams []string, acked int) (truth, error) {
 	tr := truth{count: map[string]int64{}, open: map[string]window{}, closed: map[string][]window{}}
-	var last time.Time // the newest timestamp in the stream
 	seen := make([]bool, acked)
 	var dups, unknown int
-	read := func(m jetstream.Msg, meta *jetstream.MsgMetadata) error {
+	// read applies one event to the truth and returns its key.
+	read := func(m jetstream.Msg, meta *jetstream.MsgMetadata) (string, error) {
 		_, key, _, err := subjects.ParseInputSubject(m.Subject(), 2, maxParallelism)
 		if err != nil {
-			return err
+			return "", err
 		}
 		id := m.Headers().Get(nats.MsgIdHdr)
 		i, err := strconv.Atoi(id[len("ev-"):])
@@ -232,19 +232,29 @@ func groundTruth(ctx context.Context, js jetstream.JetStream, streams []string, 
 		}
 		w.Count++
 		tr.open[key] = w
-		if meta.Timestamp.After(last) {
-			last = meta.Timestamp
-		}
-		return nil
+		return key, nil
 	}
 	// A key's events are all in one partition stream, in order.
-	for _, stream := range streams {
-		if err := readStream(ctx, js, stream, read); err != nil {
+	lasts := make([]time.Time, len(streams)) // each stream's newest timestamp
+	streamOf := map[string]int{}             // the stream holding each key
+	for i, stream := range streams {
+		err := readStream(ctx, js, stream, func(m jetstream.Msg, meta *jetstream.MsgMetadata) error {
+			key, err := read(m, meta)
+			if err != nil {
+				return err
+			}
+			streamOf[key] = i
+			if meta.Timestamp.After(lasts[i]) {
+				lasts[i] = meta.Timestamp
+			}
+			return nil
+		})
+		if err != nil {
 			return tr, err
 		}
 	}
 	for key, w := range tr.open {
-		if !last.Before(w.End) {
+		if !lasts[streamOf[key]].Before(w.End) {
 			tr.closed[key] = append(tr.closed[key], w)
 		}
 	}
