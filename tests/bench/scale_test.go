@@ -178,7 +178,11 @@ func (e *env) stopWorkers(ws []*workerProc) {
 // cpuCap puts pid into a new cgroup of the v1 cpu controller limited to cpu
 // CPUs and returns the cgroup's directory.
 func cpuCap(b *testing.B, name string, cpu float64, pid int) string {
-	dir := filepath.Join("/sys/fs/cgroup/cpu", "flotilla-bench-"+name)
+	root := "/sys/fs/cgroup/cpu"
+	if v := os.Getenv("FLOTILLA_BENCH_CGROUP"); v != "" {
+		root = v // where the cpu controller is mounted
+	}
+	dir := filepath.Join(root, "flotilla-bench-"+name)
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		b.Fatalf("CPU cap needs the cgroup v1 cpu controller at /sys/fs/cgroup/cpu, writable: %v", err)
 	}
@@ -223,7 +227,20 @@ func (bl *backlog) runJob(name string, p int) (rate, amp float64) {
 	if _, err := e.api.Submit(ctx, s, 0, ""); err != nil {
 		e.b.Fatal(err)
 	}
-	e.waitRunning(name)
+	// The clock starts when the first task runs: a task may finish its
+	// partitions before the last one is deployed.
+	waitFor(e.b, time.Minute, func() error {
+		info, err := e.api.Status(ctx, name)
+		if err != nil {
+			return err
+		}
+		for _, t := range info.Tasks {
+			if t.State == subjects.TaskRunning {
+				return nil
+			}
+		}
+		return fmt.Errorf("no task of %s runs", name)
+	})
 	start := time.Now()
 	pending := slices.Collect(func(yield func(string) bool) {
 		for s := range bl.last {
