@@ -105,8 +105,8 @@ func StartNATSCluster(tb testing.TB, n int) *NATSCluster {
 }
 
 // StartNATSClusterWith is StartNATSCluster with the nats-server binary at
-// bin.
-func StartNATSClusterWith(tb testing.TB, bin string, n int) *NATSCluster {
+// bin; extra lines (a subject mapping, say) go into every node's config.
+func StartNATSClusterWith(tb testing.TB, bin string, n int, extra ...string) *NATSCluster {
 	tb.Helper()
 	c := &NATSCluster{t: tb, bin: bin}
 	dir := tb.TempDir()
@@ -152,7 +152,8 @@ cluster {
   no_advertise: true
   routes: [%s]
 }
-`, node.Name, clientPorts[i], httpPorts[i], store, clusterPorts[i], strings.Join(routes[i], ", "))
+%s
+`, node.Name, clientPorts[i], httpPorts[i], store, clusterPorts[i], strings.Join(routes[i], ", "), strings.Join(extra, "\n"))
 		if err := os.WriteFile(node.conf, []byte(cfg), 0o644); err != nil {
 			tb.Fatal(err)
 		}

@@ -111,7 +111,10 @@ func startCluster(t *testing.T, r *rand.Rand, clustered bool) *cluster {
 	})
 
 	if clustered {
-		c.natsCluster = testutil.StartNATSClusterWith(t, natsBin, 3)
+		// Every node carries the mapping that partitions the jobs' input,
+		// as the single server's config does.
+		spec := specs()[0].WithDefaults()
+		c.natsCluster = testutil.StartNATSClusterWith(t, natsBin, 3, subjects.MappingConfig(&spec))
 		c.natsURL = c.natsCluster.URLs()
 		c.kinds = clusterFaults
 		t.Cleanup(func() {
