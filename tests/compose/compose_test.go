@@ -192,6 +192,7 @@ type cluster struct {
 
 	rng   *rand.Rand
 	truth map[string]int64 // events published per key
+	sent  int              // events published, for their message ids
 }
 
 // newCluster checks for Docker and compose, builds the images and arranges
@@ -489,12 +490,29 @@ func (c *cluster) publish(n int) {
 	c.t.Helper()
 	for i := 0; i < n; i++ {
 		key := fmt.Sprintf("user%d", c.rng.IntN(40))
+		id := fmt.Sprintf("ev-%d", c.sent)
+		// A stream whose leader was just lost answers nothing until a new
+		// one is elected: a producer retries with the same message id,
+		// which the stream's duplicate window makes harmless.
 		ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
-		_, err := c.js.Publish(ctx, "clicks."+key, []byte(`{"page":"/"}`))
+		var err error
+		for {
+			_, err = c.js.Publish(ctx, "clicks."+key, []byte(`{"page":"/"}`), jetstream.WithMsgID(id))
+			if !errors.Is(err, jetstream.ErrNoStreamResponse) && !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, nats.ErrTimeout) {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(250 * time.Millisecond):
+				continue
+			}
+			break
+		}
 		cancel()
 		if err != nil {
 			c.t.Fatalf("publishing event %d: %v", i, err)
 		}
+		c.sent++
 		c.truth[key]++
 	}
 }
