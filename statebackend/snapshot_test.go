@@ -277,7 +277,15 @@ func TestIncrementalSnapshotUploadsOnlyNewSSTs(t *testing.T) {
 
 func TestAbortedSnapshotIsNotReused(t *testing.T) {
 	store := objectstore.NewMem()
-	b := openTest(t, 128, keygroup.Range{Start: 0, End: 127})
+	// No background compactions: "nothing changed" between snapshots below
+	// must hold, and a compaction replacing an SST between them would make
+	// a later snapshot upload it (rightly).
+	b, err := Open(t.TempDir(), Options{MaxParallelism: 128, KeyGroups: keygroup.Range{Start: 0, End: 127},
+		testPebble: func(o *pebble.Options) { o.DisableAutomaticCompactions = true }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
 	w := newWorkload(b, newState(), 2, 500)
 	w.run(t, 2000, 100)
 	if err := b.db.Flush(); err != nil {
