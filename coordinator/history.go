@@ -52,8 +52,13 @@ func (h *history) record(ctx context.Context, a subjects.CheckpointAttempt) erro
 	if err != nil {
 		return err
 	}
-	_, err = h.js.Publish(ctx, h.ns.History(a.Job), b)
-	return err
+	// Retried through leader elections; the message id makes a retry of a
+	// publish that was stored after all a duplicate the stream drops.
+	id := fmt.Sprintf("%s.%d", a.Job, a.ID)
+	return retry(ctx, func(ctx context.Context) error {
+		_, err := h.js.Publish(ctx, h.ns.History(a.Job), b, jetstream.WithMsgID(id))
+		return err
+	})
 }
 
 // read returns job's newest limit attempts, oldest first, and whether older
@@ -99,13 +104,16 @@ func (h *history) read(ctx context.Context, job string, limit int) ([]subjects.C
 	return out, truncated, nil
 }
 
+// historyTimeout bounds the retries of one history record.
+const historyTimeout = time.Minute
+
 // recordAttempt observes an ended checkpoint attempt in the metrics and
 // appends it to the history, off the loop. Loop only.
 func (c *Coordinator) recordAttempt(a subjects.CheckpointAttempt) {
 	c.metrics.attempt(a)
 	a.Location = c.locationOf(a.Location)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), historyTimeout)
 		defer cancel()
 		if err := c.hist.record(ctx, a); err != nil {
 			c.log.Warn("recording checkpoint history", "job", a.Job, "id", a.ID, "err", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path"
+	"sync/atomic"
 	"time"
 
 	"github.com/flotilla-io/flotilla/objectstore"
@@ -30,6 +31,16 @@ type checkpoint struct {
 	id     uint64
 	kind   subjects.CheckpointKind
 	cancel context.CancelFunc
+	// answer is the ack or decline sent, once the upload is over: a
+	// repeated barrier (the coordinator resends one while acks are
+	// missing, since a core NATS message can be lost with a server) is
+	// answered with it again.
+	answer atomic.Pointer[answer]
+}
+
+type answer struct {
+	subject string
+	msg     subjects.Message
 }
 
 // barrierLog remembers the last barriers a task took, so that a repeated
@@ -80,6 +91,13 @@ func (t *task) barrier(b *subjects.Barrier) error {
 		t.log.Debug("ignoring barrier of another epoch", "checkpoint", b.Checkpoint, "epoch", b.Epoch, "task_epoch", t.epoch)
 		return nil
 	case !t.barriers.take(b.Checkpoint):
+		if c := t.ckpts[b.Checkpoint]; c != nil {
+			if a := c.answer.Load(); a != nil {
+				t.log.Debug("repeated barrier: answering again", "checkpoint", b.Checkpoint)
+				t.publish(a.subject, a.msg)
+				return nil
+			}
+		}
 		t.log.Debug("ignoring repeated barrier", "checkpoint", b.Checkpoint)
 		return nil
 	}
@@ -131,7 +149,8 @@ func (t *task) barrier(b *subjects.Barrier) error {
 	syncDur := time.Since(start)
 	published := t.sink.published()
 	ctx, cancel := context.WithCancel(t.ctx)
-	t.ckpts[b.Checkpoint] = &checkpoint{id: b.Checkpoint, kind: b.Kind, cancel: cancel}
+	ck := &checkpoint{id: b.Checkpoint, kind: b.Kind, cancel: cancel}
+	t.ckpts[b.Checkpoint] = ck
 	t.asyncWG.Add(1)
 	go func() {
 		defer t.asyncWG.Done()
@@ -156,11 +175,13 @@ func (t *task) barrier(b *subjects.Barrier) error {
 			cctx, ccancel := context.WithTimeout(context.Background(), 10*time.Second)
 			cleanup(cctx)
 			ccancel()
-			t.decline(b, subjects.Errorf(code, "task %d: persisting checkpoint %d: %v", t.ref.Task, b.Checkpoint, err))
+			ck.answer.Store(t.decline(b, subjects.Errorf(code, "task %d: persisting checkpoint %d: %v", t.ref.Task, b.Checkpoint, err)))
 		default:
 			ack := subjects.Ack{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Handle: h, Operator: operatorInfo(t.spec.Operator.Type, t.op),
 				Sync: subjects.Duration(syncDur), Async: subjects.Duration(time.Since(start))}
-			t.publish(t.w.ns.Ack(t.ref.Job, t.w.name), &ack)
+			a := &answer{subject: t.w.ns.Ack(t.ref.Job, t.w.name), msg: &ack}
+			ck.answer.Store(a)
+			t.publish(a.subject, a.msg)
 			t.log.Debug("checkpoint acked", "checkpoint", b.Checkpoint, "kind", b.Kind.String(), "handle", h.String(),
 				"sync", syncDur, "async", time.Since(start))
 		}
@@ -213,9 +234,13 @@ func (t *task) abort(a *subjects.Abort) {
 	}
 }
 
-func (t *task) decline(b *subjects.Barrier, reason *subjects.Error) {
+// decline declines b's checkpoint and returns the answer sent.
+func (t *task) decline(b *subjects.Barrier, reason *subjects.Error) *answer {
 	t.log.Warn("declining checkpoint", "checkpoint", b.Checkpoint, "reason", reason)
-	t.publish(t.w.ns.Decline(t.ref.Job, t.w.name), &subjects.Decline{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Reason: reason})
+	a := &answer{subject: t.w.ns.Decline(t.ref.Job, t.w.name),
+		msg: &subjects.Decline{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Reason: reason}}
+	t.publish(a.subject, a.msg)
+	return a
 }
 
 func (t *task) publish(subject string, m subjects.Message) {

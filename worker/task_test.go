@@ -166,10 +166,11 @@ func TestCheckpointPlane(t *testing.T) {
 	}
 	store.fail.Store(false)
 
-	// Barriers of other epochs and repeated barriers are ignored.
+	// Barriers of other epochs are ignored. A repeated barrier (the
+	// coordinator resends one while acks are missing) is answered with the
+	// same ack again, never with a second snapshot.
 	barrier(2, 2)
 	barrier(3, 4)
-	barrier(4, 3)
 	barrier(4, 3)
 	ack, dec := c.waitAck(ref, 4)
 	if dec != nil {
@@ -178,6 +179,25 @@ func TestCheckpointPlane(t *testing.T) {
 	if ack.Sync <= 0 || ack.Async <= 0 || ack.Handle.Uploaded == 0 {
 		t.Errorf("ack %+v", ack)
 	}
+	manifest := ack.Handle.Manifest
+	barrier(4, 3)
+	testutil.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		var again []subjects.Ack
+		for _, a := range c.acks {
+			if a.Checkpoint == 4 {
+				again = append(again, a)
+			}
+		}
+		switch {
+		case len(again) < 2:
+			return errors.New("the repeated barrier of checkpoint 4 was not answered")
+		case again[1].Handle.Manifest != manifest:
+			return fmt.Errorf("repeated barrier answered with another snapshot: %s, then %s", manifest, again[1].Handle.Manifest)
+		}
+		return nil
+	})
 	// Abort of a checkpoint, then more after a completed one.
 	c.publish(c.ns.Abort(j.spec.Name), &subjects.Abort{Epoch: 3, Job: j.spec.Name, Checkpoint: 4})
 	barrier(5, 3)
@@ -216,8 +236,8 @@ func TestCheckpointPlane(t *testing.T) {
 			n4++
 		}
 	}
-	if n4 != 1 {
-		t.Errorf("checkpoint 4 acked %d times", n4)
+	if n4 != 2 {
+		t.Errorf("checkpoint 4 acked %d times, want 2 (once for each of its barriers)", n4)
 	}
 }
 

@@ -174,7 +174,16 @@ type pending struct {
 	phase     phase
 	sp        *savepointReq
 	record    subjects.CheckpointRecord
+	barrier   subjects.Barrier
+	sent      time.Time // when the barrier was last sent
 }
+
+// BarrierResend is how long a checkpoint waits for acks before its barrier
+// is sent again. Barriers and acks are core NATS messages: one lost with a
+// server that dies (or a connection that breaks) would otherwise hold the
+// checkpoint until it expires. A task ignores a barrier it took before but
+// answers it again with its ack, and the coordinator ignores repeated acks.
+const BarrierResend = 2 * time.Second
 
 // Config configures a job's checkpoint coordinator.
 type Config struct {
@@ -242,6 +251,11 @@ func (c *Coordinator) Tick(now time.Time, tasks []Task) []Action {
 		if p.phase == collecting && now.Sub(p.triggered) > c.cfg.Spec.Timeout.D() {
 			acts = append(acts, c.abort(p, subjects.Errorf(subjects.CodeCheckpointExpired,
 				"%s %d expired after %s with %d of %d acks", p.kind, p.id, c.cfg.Spec.Timeout.D(), len(p.acks), len(p.attempts)), true, now)...)
+			continue
+		}
+		if p.phase == collecting && len(p.acks) < len(p.attempts) && now.Sub(p.sent) >= BarrierResend {
+			p.sent = now
+			acts = append(acts, SendBarrier{Barrier: p.barrier})
 		}
 	}
 	// Savepoints that waited too long to be taken fail, each at its own
@@ -308,6 +322,7 @@ func (c *Coordinator) trigger(kind subjects.CheckpointKind, format statebackend.
 	if kind == subjects.KindCheckpoint {
 		b.Shared = SharedLocation(c.cfg.Job)
 	}
+	p.barrier, p.sent = b, now
 	return SendBarrier{Barrier: b}
 }
 

@@ -42,8 +42,10 @@ type fleet struct {
 	logs  *fleettest.Buffer
 }
 
-func newFleet(t *testing.T) *fleet {
-	c := testutil.StartNATSCluster(t, 3)
+// newFleet starts the cluster; extra lines (the mapping that partitions a
+// job's input) go into every node's configuration.
+func newFleet(t *testing.T, extra ...string) *fleet {
+	c := testutil.StartNATSClusterWith(t, testutil.NATSServerBinary(t), 3, extra...)
 	store, err := objectstore.NewFS(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -55,6 +57,9 @@ func newFleet(t *testing.T) *fleet {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("fleet logs (tail):\n%s", tail(f.logs.String(), 8000))
+		}
+		if path := os.Getenv("FLOTILLA_TEST_LOGFILE"); path != "" {
+			_ = os.WriteFile(path, []byte(f.logs.String()), 0o644)
 		}
 	})
 	return f
@@ -176,18 +181,24 @@ func (f *fleet) checkState(job string, truth map[string]int64, timeout time.Dura
 	fleettest.WaitCounts(f.t, f.api, job, truth, timeout)
 }
 
-// latest returns the job's latest completed checkpoint id (0: none).
+// latest returns the job's latest completed checkpoint id (0: none),
+// retrying a failed listing for up to a minute.
 func (f *fleet) latest(job string) uint64 {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cps, err := f.api.Checkpoints(ctx, job)
-	if err != nil {
-		return 0
-	}
+	f.t.Helper()
 	var id uint64
-	for _, c := range cps {
-		id = max(id, c.ID)
-	}
+	testutil.CheckFor(f.t, time.Minute, 200*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		cps, err := f.api.Checkpoints(ctx, job)
+		if err != nil {
+			return err
+		}
+		id = 0
+		for _, c := range cps {
+			id = max(id, c.ID)
+		}
+		return nil
+	})
 	return id
 }
 

@@ -268,6 +268,20 @@ func newCluster(t *testing.T, composeFiles ...string) *cluster {
 		if t.Failed() {
 			out, _ := c.composeErr(context.Background(), "logs", "--no-color", "--tail=150")
 			t.Logf("compose logs (tail):\n%s", out)
+			// Every line of every service, and the job's status, are kept
+			// as an artifact (go test -artifacts).
+			all, _ := c.composeErr(context.Background(), "logs", "--no-color", "--timestamps")
+			if c.api != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				info, err := c.api.Status(ctx, job)
+				cancel()
+				status, _ := json.MarshalIndent(info, "", "  ")
+				all = fmt.Sprintf("job status (err %v):\n%s\n\n%s", err, status, all)
+			}
+			path := filepath.Join(t.ArtifactDir(), "compose.log")
+			if err := os.WriteFile(path, []byte(all), 0o644); err == nil {
+				t.Logf("full compose logs: %s", path)
+			}
 		}
 		if c.nc != nil {
 			c.nc.Close()
