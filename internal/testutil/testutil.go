@@ -6,6 +6,8 @@
 package testutil
 
 import (
+	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"testing"
@@ -52,4 +54,13 @@ func CheckFor(tb testing.TB, timeout, interval time.Duration, fn func() error) {
 		}
 		time.Sleep(interval)
 	}
+}
+
+// Logger returns a text logger writing to w at level, or at debug level
+// when FLOTILLA_TEST_LOG is set.
+func Logger(w io.Writer, level slog.Level) *slog.Logger {
+	if os.Getenv("FLOTILLA_TEST_LOG") != "" {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }

@@ -76,13 +76,7 @@ func (f *fleet) conn() *nats.Conn {
 	return f.nats.Connect(nats.Timeout(2 * time.Second))
 }
 
-func (f *fleet) logger() *slog.Logger {
-	level := slog.LevelInfo
-	if os.Getenv("FLOTILLA_TEST_LOG") != "" {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: level}))
-}
+func (f *fleet) logger() *slog.Logger { return testutil.Logger(f.logs, slog.LevelInfo) }
 
 func (f *fleet) startCoordinator(adjust func(*coordinator.Config)) context.CancelFunc {
 	cfg := coordinator.Config{Conn: f.conn(), Store: f.store, Logger: f.logger(),

@@ -34,13 +34,7 @@ type fleet struct {
 	nc    *nats.Conn
 }
 
-func logger(t *testing.T) *slog.Logger {
-	level := slog.LevelWarn
-	if os.Getenv("FLOTILLA_TEST_LOG") != "" {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-}
+func logger(*testing.T) *slog.Logger { return testutil.Logger(os.Stderr, slog.LevelWarn) }
 
 func newFleet(t *testing.T) *fleet {
 	srv := testutil.RunNATS(t)
