@@ -118,7 +118,7 @@ var (
 	descWorkers   = prometheus.NewDesc("flotilla_workers", "Registered workers.", nil, nil)
 	descSlots     = prometheus.NewDesc("flotilla_slots", "Slots of the registered workers.", nil, nil)
 	descSlotsFree = prometheus.NewDesc("flotilla_slots_free", "Free slots of the registered workers.", nil, nil)
-	descEpoch     = prometheus.NewDesc("flotilla_coordinator_epoch", "The coordinator's epoch: it grows on every coordinator start (failover).", nil, nil)
+	descEpoch     = prometheus.NewDesc("flotilla_coordinator_epoch", "The leading coordinator's epoch (its term): it grows with every new leader (failover).", nil, nil)
 	descJobUp     = prometheus.NewDesc("flotilla_job_running", "1 while the job runs (every task running), else 0.", []string{"job"}, nil)
 	descRestarts  = prometheus.NewDesc("flotilla_job_restarts_total", "Task restarts of the job's current run.", []string{"job"}, nil)
 	descJobRate   = prometheus.NewDesc("flotilla_job_events_per_second", "Events in per second of the job's tasks, from the workers' last heartbeats.", []string{"job"}, nil)

@@ -81,7 +81,7 @@ func (c *Client) notLeader(ctx context.Context, subject string) error {
 	case info.Leader == "":
 		return subjects.Errorf(subjects.CodeNotLeader, "no coordinator leads now (coordinator %s stands by; one takes over when the lease expires): retry", info.Answered)
 	}
-	return subjects.Errorf(subjects.CodeNotLeader, "coordinator %s leads in term %d but does not serve %s yet: retry", info.Leader, info.Term, subject)
+	return subjects.Errorf(subjects.CodeNotLeader, "coordinator %s holds the lease (term %d) but does not serve %s: it is starting, or it died and a standby takes over when the lease expires: retry", info.Leader, info.Term, subject)
 }
 
 func (c *Client) callOnce(ctx context.Context, subject string, req, resp subjects.Message) error {

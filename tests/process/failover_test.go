@@ -207,6 +207,16 @@ func TestCoordinatorFailover(t *testing.T) {
 	before := checkpointAfter(t, api, 2, 30*time.Second)
 	killed := time.Now()
 	c1.kill()
+	// While nobody serves the API, a request fails, once its timeout is
+	// spent on retries, with the retryable not_leader naming the leader
+	// the standby knows of.
+	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = api.Status(sctx, "clicks")
+	cancel()
+	if subjects.CodeOf(err) != subjects.CodeNotLeader || !strings.Contains(err.Error(), "c1") {
+		t.Errorf("a request right after the leader died: %v, want not_leader naming c1", err)
+	}
+	t.Logf("a request while nobody leads: %v", err)
 	term2 := waitLeader(t, nc, "c2", leaseTTL+2*time.Second+5*time.Second)
 	takeover := time.Since(killed)
 	loaded := checkpointAfter(t, api, 0, 10*time.Second) // what c2 loaded
