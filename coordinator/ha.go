@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -90,8 +91,7 @@ func New(cfg Config) (*Coordinator, error) {
 		cfg.LeaseTTL = metastore.DefaultLeaseTTL
 	}
 	if cfg.Name == "" {
-		host, _ := os.Hostname()
-		cfg.Name = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[16:])
+		cfg.Name = defaultName()
 	}
 	if err := subjects.ValidateName("coordinator", cfg.Name); err != nil {
 		return nil, err
@@ -104,6 +104,26 @@ func New(cfg Config) (*Coordinator, error) {
 		log:     cfg.Logger.With("component", "coordinator", "coordinator", cfg.Name),
 		metrics: newCoordMetrics(), ready: make(chan struct{}),
 		elect: election.New(election.Config{TTL: cfg.LeaseTTL})}, nil
+}
+
+// defaultName is the host name (its first label, made a valid name), the
+// process id and a random suffix.
+func defaultName() string {
+	host, _ := os.Hostname()
+	host, _, _ = strings.Cut(host, ".")
+	host = strings.Map(func(r rune) rune {
+		if r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' {
+			return r
+		}
+		return '_'
+	}, host)
+	if len(host) > 40 {
+		host = host[:40]
+	}
+	if host == "" {
+		host = "coordinator"
+	}
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), nuid.Next()[16:])
 }
 
 // Ready is closed once the coordinator first leads and answers on all its

@@ -45,7 +45,7 @@ func TestComposeNATSCluster(t *testing.T) {
 	c.waitState()
 
 	t.Log("every stream and bucket flotilla created is R3")
-	for _, name := range []string{"KV_FLOTILLA_COORDINATOR", "KV_FLOTILLA_JOBS", "KV_FLOTILLA_CHECKPOINTS", "FLOTILLA_EVENTS", stream} {
+	for _, name := range []string{"KV_FLOTILLA_COORDINATOR", "KV_FLOTILLA_LEADER", "KV_FLOTILLA_JOBS", "KV_FLOTILLA_CHECKPOINTS", "FLOTILLA_EVENTS", stream} {
 		s, err := c.js.Stream(c.ctx, name)
 		if err != nil {
 			t.Fatalf("stream %s: %v", name, err)
