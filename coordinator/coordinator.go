@@ -2,12 +2,14 @@
 // one job master per job, and the user API, wired to NATS and JetStream.
 //
 // The protocol logic lives in pure state machines (coordinator/resource,
-// coordinator/jobmaster). This package is the thin adapter around them: one
-// goroutine (run) owns every state machine; NATS callbacks hand it closures
-// through the inbox, and it carries out the actions the machines return.
-// Requests that wait for an answer (slot requests, deployments) run on their
-// own goroutines and feed their outcome back through the inbox, so the loop
-// never blocks on the network.
+// coordinator/jobmaster, coordinator/checkpoint, coordinator/election).
+// This package is the thin adapter around them. Coordinator runs the
+// election (ha.go); while it leads, a leader (one per term) owns every other
+// state machine: one goroutine (leader.run) feeds them, NATS callbacks hand
+// it closures through the inbox, and it carries out the actions the machines
+// return. Requests that wait for an answer (slot requests, deployments) run
+// on their own goroutines and feed their outcome back through the inbox.
+// Job record writes (persist) still block the loop on a KV round trip.
 package coordinator
 
 import (
