@@ -29,7 +29,7 @@ type savepointWaiter struct {
 }
 
 // doCC carries out checkpoint-coordinator actions of job.
-func (c *Coordinator) doCC(job string, acts []checkpoint.Action, now time.Time) {
+func (c *leader) doCC(job string, acts []checkpoint.Action, now time.Time) {
 	e := c.jobs[job]
 	for _, a := range acts {
 		switch a := a.(type) {
@@ -73,7 +73,7 @@ func (c *Coordinator) doCC(job string, acts []checkpoint.Action, now time.Time) 
 						deadline = minimum
 					}
 					ctx, cancel := context.WithDeadline(context.Background(), deadline)
-					err = c.ckpts.commit(ctx, r)
+					err = c.store.Commit(ctx, c.epoch, r)
 					cancel()
 				}
 				c.enqueue(func(now time.Time) {
@@ -141,7 +141,7 @@ func restorePoints(rs ...subjects.CheckpointRecord) []jobmaster.RestorePoint {
 	return out
 }
 
-func (c *Coordinator) publish(subject string, m subjects.Message) {
+func (c *leader) publish(subject string, m subjects.Message) {
 	if err := c.nc.Publish(subject, subjects.MustEncode(m)); err != nil {
 		c.log.Warn("publish", "subject", subject, "err", err)
 	}
@@ -194,7 +194,7 @@ func listPrefix(location, f string) string {
 // Objects are grouped by listPrefix: a group of verifyListMin or more is
 // listed, the others are asked for one by one (Stat), verifyConcurrency
 // requests at a time, within RequestTimeout.
-func (c *Coordinator) verifyObjects(r subjects.CheckpointRecord) error {
+func (c *leader) verifyObjects(r subjects.CheckpointRecord) error {
 	want := map[string]int64{} // key -> size, -1: not given
 	dirs := map[string][]string{}
 	for _, t := range r.Tasks {
@@ -285,7 +285,7 @@ func (c *Coordinator) verifyObjects(r subjects.CheckpointRecord) error {
 // metadata object left by a coordinator that crashed before committing the
 // same id belongs to nothing, since only the JetStream commit completes a
 // checkpoint.
-func (c *Coordinator) writeMetadata(r subjects.CheckpointRecord) error {
+func (c *leader) writeMetadata(r subjects.CheckpointRecord) error {
 	b, err := subjects.Encode(&r)
 	if err != nil {
 		return err
@@ -296,13 +296,19 @@ func (c *Coordinator) writeMetadata(r subjects.CheckpointRecord) error {
 }
 
 // deleteCheckpoint removes a subsumed checkpoint: its JetStream record
-// first (so nothing can restore from it any more), then its files. A crash
-// in between leaves only orphans, which the sweep removes.
-func (c *Coordinator) deleteCheckpoint(r subjects.CheckpointRecord, files []string) {
+// first (so nothing can restore from it any more; refused once a newer
+// term claimed the job), then its files, only while this term still holds
+// the lease. A crash in between leaves only orphans, which the sweep
+// removes.
+func (c *leader) deleteCheckpoint(r subjects.CheckpointRecord, files []string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := c.ckpts.remove(ctx, r); err != nil {
+	if err := c.store.Remove(ctx, c.epoch, r); err != nil {
 		c.log.Warn("deleting checkpoint record", "job", r.Job, "id", r.ID, "err", err)
+		return
+	}
+	if err := c.co.holds(ctx, c.epoch); err != nil {
+		c.log.Warn("not deleting checkpoint files", "job", r.Job, "id", r.ID, "err", err)
 		return
 	}
 	if err := c.cfg.Store.Delete(ctx, files...); err != nil {
@@ -310,7 +316,7 @@ func (c *Coordinator) deleteCheckpoint(r subjects.CheckpointRecord, files []stri
 	}
 }
 
-func (c *Coordinator) savepointDone(job string, a checkpoint.SavepointDone, now time.Time) {
+func (c *leader) savepointDone(job string, a checkpoint.SavepointDone, now time.Time) {
 	w, ok := c.waiters[a.Request]
 	delete(c.waiters, a.Request)
 	res := a.Result
@@ -340,14 +346,14 @@ func (c *Coordinator) savepointDone(job string, a checkpoint.SavepointDone, now 
 }
 
 // locationOf returns the full location (store location + key) of key.
-func (c *Coordinator) locationOf(key string) string {
+func (c *leader) locationOf(key string) string {
 	return objectstore.JoinLocation(c.cfg.Store.Location(), key)
 }
 
 // resolveLocation turns a user-given location into an object key prefix in
 // the configured store: a full location must lie inside the store, a bare
 // key is taken as relative to it. Anything else is CodeInvalidLocation.
-func (c *Coordinator) resolveLocation(loc string) (string, error) {
+func (c *leader) resolveLocation(loc string) (string, error) {
 	// KeyOf refuses locations carrying credentials and never repeats
 	// secrets in its errors.
 	key, err := objectstore.KeyOf(c.cfg.Store.Location(), loc)
@@ -361,7 +367,7 @@ func (c *Coordinator) resolveLocation(loc string) (string, error) {
 }
 
 // readMetadata reads the record of the checkpoint or savepoint at key.
-func (c *Coordinator) readMetadata(ctx context.Context, key string) (subjects.CheckpointRecord, error) {
+func (c *leader) readMetadata(ctx context.Context, key string) (subjects.CheckpointRecord, error) {
 	var r subjects.CheckpointRecord
 	rc, err := c.cfg.Store.Get(ctx, checkpoint.MetadataKey(key), 0, -1)
 	if err != nil {
@@ -378,7 +384,7 @@ func (c *Coordinator) readMetadata(ctx context.Context, key string) (subjects.Ch
 	return r, nil
 }
 
-func (c *Coordinator) onAck(msg *nats.Msg) {
+func (c *leader) onAck(msg *nats.Msg) {
 	var a subjects.Ack
 	err := subjects.Decode(msg.Data, &a)
 	if err == nil {
@@ -401,7 +407,7 @@ func (c *Coordinator) onAck(msg *nats.Msg) {
 	})
 }
 
-func (c *Coordinator) onDecline(msg *nats.Msg) {
+func (c *leader) onDecline(msg *nats.Msg) {
 	var d subjects.Decline
 	err := subjects.Decode(msg.Data, &d)
 	if err == nil {
@@ -419,7 +425,7 @@ func (c *Coordinator) onDecline(msg *nats.Msg) {
 }
 
 // onTriggerSavepoint handles `nats pub|req flotilla.trigger.savepoint.<job>`.
-func (c *Coordinator) onTriggerSavepoint(msg *nats.Msg) {
+func (c *leader) onTriggerSavepoint(msg *nats.Msg) {
 	var r subjects.Responder
 	if msg.Reply != "" {
 		r = msg
@@ -438,7 +444,7 @@ func (c *Coordinator) onTriggerSavepoint(msg *nats.Msg) {
 	c.triggerSavepoint(t, savepointWaiter{reply: r})
 }
 
-func (c *Coordinator) savepointError(r subjects.Responder, job string, err error) {
+func (c *leader) savepointError(r subjects.Responder, job string, err error) {
 	c.log.Warn("savepoint refused", "job", job, "err", err)
 	about := job
 	if subjects.ValidateName("job", job) != nil {
@@ -452,7 +458,7 @@ func (c *Coordinator) savepointError(r subjects.Responder, job string, err error
 }
 
 // triggerSavepoint queues a savepoint of t.Job; w hears the outcome.
-func (c *Coordinator) triggerSavepoint(t subjects.TriggerSavepoint, w savepointWaiter) {
+func (c *leader) triggerSavepoint(t subjects.TriggerSavepoint, w savepointWaiter) {
 	if err := subjects.ValidateName("job", t.Job); err != nil {
 		c.savepointError(w.reply, t.Job, err)
 		return

@@ -2,17 +2,18 @@
 // one job master per job, and the user API, wired to NATS and JetStream.
 //
 // The protocol logic lives in pure state machines (coordinator/resource,
-// coordinator/jobmaster). This package is the thin adapter around them: one
-// goroutine (run) owns every state machine; NATS callbacks hand it closures
-// through the inbox, and it carries out the actions the machines return.
-// Requests that wait for an answer (slot requests, deployments) run on their
-// own goroutines and feed their outcome back through the inbox, so the loop
-// never blocks on the network.
+// coordinator/jobmaster, coordinator/checkpoint, coordinator/election).
+// This package is the thin adapter around them. Coordinator runs the
+// election (ha.go); while it leads, a leader (one per term) owns every other
+// state machine: one goroutine (leader.run) feeds them, NATS callbacks hand
+// it closures through the inbox, and it carries out the actions the machines
+// return. Requests that wait for an answer (slot requests, deployments) run
+// on their own goroutines and feed their outcome back through the inbox.
+// Job record writes (persist) still block the loop on a KV round trip.
 package coordinator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
 	"github.com/flotilla-io/flotilla/coordinator/jobmaster"
+	"github.com/flotilla-io/flotilla/coordinator/metastore"
 	"github.com/flotilla-io/flotilla/coordinator/resource"
 	"github.com/flotilla-io/flotilla/internal/replicas"
 	"github.com/flotilla-io/flotilla/objectstore"
@@ -73,6 +75,16 @@ type Config struct {
 	// between "all acked" and "committed").
 	BeforeCommit func(subjects.CheckpointRecord) error
 
+	// Name names this coordinator in the leader lease and in "who leads"
+	// answers (default: host name, process id and a random suffix). Every
+	// coordinator of a namespace needs its own.
+	Name string
+	// LeaseTTL is the leader lease's time to live (default 10 s): a leader
+	// that cannot renew stops acting before it ends, and a standby takes
+	// over within about LeaseTTL after the leader died. It is the leader
+	// bucket's TTL, fixed when the bucket is first created.
+	LeaseTTL time.Duration
+
 	// MapInput, if set, adds an account subject mapping to the NATS server
 	// (src -> dest), so that a job's input is partitioned on a server the
 	// coordinator runs in (flotilla dev, tests). Without it the mapping must
@@ -80,36 +92,43 @@ type Config struct {
 	MapInput func(src, dest string) error
 }
 
-// Coordinator is a running coordinator. Create it with New, then Run.
-type Coordinator struct {
+// leader is the coordinator while it leads, for one term: every state
+// machine, the loop that feeds them, and the NATS subscriptions. A new term
+// starts from a new leader, rebuilt from the metadata store; nothing of a
+// term that ended is reused.
+type leader struct {
+	co    *Coordinator
 	cfg   Config
 	ns    subjects.Namespace
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	log   *slog.Logger
-	meta  *meta
+	store metastore.Store
+	// epoch is the term: the fencing token carried by every deployment,
+	// barrier, commit and deletion of this leader.
 	epoch uint64
 	rm    *resource.Manager
-	ckpts *ckptStore
 	hist  *history
 	jobs  map[string]*jobEntry
 	// metrics are observed on the loop; see Collector.
 	metrics *coordMetrics
 	inbox   chan func(now time.Time)
-	ready   chan struct{}
+	// done is closed when the term ends: the loop has stopped, and
+	// goroutines of the term must not wait for it.
+	done <-chan struct{}
 
 	requests  uint64 // savepoint request ids
 	attempts  uint64 // task deployments of this epoch, shared by every job master
 	waiters   map[uint64]savepointWaiter
 	lastSweep time.Time // of the periodic orphan sweep
-	// repl is the resolved replication policy (setup).
+	// repl is the resolved replication policy.
 	repl replicas.Policy
 }
 
 type jobEntry struct {
 	jm  *jobmaster.Master
 	cc  *checkpoint.Coordinator
-	rec jobRecord
+	rec subjects.JobRecord
 	// from is the savepoint or checkpoint the run was submitted with: its
 	// files stay referenced for the run's lifetime.
 	from *subjects.CheckpointRecord
@@ -122,60 +141,43 @@ type jobEntry struct {
 	gaps []subjects.InputGap
 }
 
-// New checks cfg and returns a coordinator that is not yet running.
-func New(cfg Config) (*Coordinator, error) {
-	if cfg.Conn == nil || cfg.Store == nil {
-		return nil, errors.New("coordinator: Conn and Store are required")
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.TickInterval <= 0 {
-		cfg.TickInterval = 100 * time.Millisecond
-	}
-	if cfg.RequestTimeout <= 0 {
-		cfg.RequestTimeout = 5 * time.Second
-	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.OrphanGrace <= 0 {
-		cfg.OrphanGrace = time.Hour
-	}
-	if cfg.OrphanSweepInterval <= 0 {
-		cfg.OrphanSweepInterval = 10 * time.Minute
-	}
-	if err := (replicas.Policy{Replicas: cfg.Replicas}).Check(); err != nil {
-		return nil, fmt.Errorf("coordinator: %w", err)
-	}
-	if cfg.HistoryPerJob <= 0 {
-		cfg.HistoryPerJob = DefaultHistoryPerJob
-	}
-	if cfg.HistoryMaxAge <= 0 {
-		cfg.HistoryMaxAge = DefaultHistoryMaxAge
-	}
-	js, err := jetstream.New(cfg.Conn)
-	if err != nil {
-		return nil, err
-	}
-	return &Coordinator{cfg: cfg, ns: cfg.Namespace, nc: cfg.Conn, js: js, log: cfg.Logger.With("component", "coordinator"),
-		jobs: map[string]*jobEntry{}, inbox: make(chan func(time.Time), 1024), ready: make(chan struct{}),
-		waiters: map[uint64]savepointWaiter{}, metrics: newCoordMetrics()}, nil
+// newLeader returns the leader of term, not yet set up.
+func (co *Coordinator) newLeader(term uint64, done <-chan struct{}) *leader {
+	return &leader{co: co, cfg: co.cfg, ns: co.ns, nc: co.nc, js: co.js, log: co.log.With("term", term),
+		store: co.store, epoch: term, hist: co.hist, metrics: co.metrics, repl: co.repl, done: done,
+		jobs: map[string]*jobEntry{}, inbox: make(chan func(time.Time), 1024), waiters: map[uint64]savepointWaiter{},
+		rm: resource.New(resource.Config{Epoch: term, HeartbeatInterval: co.cfg.HeartbeatInterval, HeartbeatTimeout: co.cfg.HeartbeatTimeout})}
 }
 
-// Ready is closed once the coordinator answers on all its subjects.
-func (c *Coordinator) Ready() <-chan struct{} { return c.ready }
-
-// Epoch returns the coordinator's epoch; valid after Ready.
-func (c *Coordinator) Epoch() uint64 { return c.epoch }
-
-// Run starts the coordinator and blocks until ctx is done. It retries its
-// JetStream setup until the server answers, so start order does not matter.
-func (c *Coordinator) Run(ctx context.Context) error {
-	if err := c.setup(ctx); err != nil {
+// setup claims every job that has not ended for the term and resumes it:
+// the claim comes first, so that no commit of an earlier term can complete
+// once the job's checkpoints are loaded (and leftovers above the latest
+// pointer are pruned).
+func (c *leader) setup(ctx context.Context) error {
+	recs, err := c.store.Jobs(ctx)
+	if err != nil {
 		return err
 	}
-	c.reportSync(ctx)
+	for _, r := range recs {
+		if r.State.Terminal() {
+			continue
+		}
+		if err := c.store.Claim(ctx, r.Spec.Name, c.epoch); err != nil {
+			return fmt.Errorf("claiming job %s: %w", r.Spec.Name, err)
+		}
+		cps, err := c.loadCheckpoints(ctx, r)
+		if err != nil {
+			return err
+		}
+		c.log.Info("resuming job", "job", r.Spec.Name, "restore_points", len(cps.restore), "latest", cps.latest)
+		c.startJob(r, cps, c.cfg.Now())
+	}
+	return nil
+}
+
+// serve subscribes and runs the loop until ctx ends or the lease is no
+// longer held.
+func (c *leader) serve(ctx context.Context, started func()) error {
 	subs, svc, err := c.subscribe()
 	defer func() {
 		for _, s := range subs {
@@ -188,81 +190,9 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	c.log.Info("coordinator running", "epoch", c.epoch, "prefix", c.ns.Prefix(), "store", c.cfg.Store.Location())
-	close(c.ready)
+	c.log.Info("coordinator leading", "epoch", c.epoch, "prefix", c.ns.Prefix(), "store", c.cfg.Store.Location())
+	started()
 	return c.run(ctx)
-}
-
-func (c *Coordinator) setup(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
-	for {
-		err := c.trySetup(ctx)
-		if err == nil {
-			return nil
-		}
-		c.log.Warn("waiting for JetStream", "err", err, "retry", backoff)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
-}
-
-func (c *Coordinator) trySetup(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	n, err := replicas.Resolve(ctx, c.nc, c.js, c.cfg.Replicas, coordinatorBucket(c.ns), c.cfg.Placement)
-	if err != nil {
-		return fmt.Errorf("coordinator: coordinator bucket: %w", err)
-	}
-	c.repl = replicas.Policy{Replicas: n, Placement: c.cfg.Placement}
-	if c.cfg.Replicas == 0 && c.nc.ConnectedClusterName() != "" && n < replicas.AutoReplicas {
-		c.log.Warn("the JetStream cluster cannot place 3 replicas now: flotilla's streams and buckets get 1; set --replicas to insist",
-			"cluster", c.nc.ConnectedClusterName())
-	}
-	c.log.Info("JetStream replication", "replicas", n, "cluster", c.nc.ConnectedClusterName())
-	m, err := openMeta(ctx, c.js, c.ns, c.repl)
-	if err != nil {
-		return err
-	}
-	if _, _, err := replicas.EnsureStream(ctx, c.js, jetstream.StreamConfig{
-		Name: bucketName(c.ns, "EVENTS"), Subjects: []string{c.ns.EventsAll()},
-		Storage: jetstream.FileStorage, MaxAge: 7 * 24 * time.Hour, MaxMsgs: 1_000_000,
-	}, c.repl, true); err != nil {
-		return fmt.Errorf("coordinator: events stream: %w", err)
-	}
-	ckpts, err := openCkptStore(ctx, c.js, c.ns, c.repl)
-	if err != nil {
-		return err
-	}
-	hist, err := openHistory(ctx, c.js, c.ns, c.repl, c.cfg.HistoryPerJob, c.cfg.HistoryMaxAge)
-	if err != nil {
-		return err
-	}
-	epoch, err := m.nextEpoch(ctx)
-	if err != nil {
-		return err
-	}
-	recs, err := m.loadJobs(ctx)
-	if err != nil {
-		return err
-	}
-	c.meta, c.ckpts, c.hist, c.epoch = m, ckpts, hist, epoch
-	c.rm = resource.New(resource.Config{Epoch: epoch, HeartbeatInterval: c.cfg.HeartbeatInterval, HeartbeatTimeout: c.cfg.HeartbeatTimeout})
-	for _, r := range recs {
-		if r.State.Terminal() {
-			continue
-		}
-		cps, err := c.loadCheckpoints(ctx, r)
-		if err != nil {
-			return err
-		}
-		c.log.Info("resuming job", "job", r.Spec.Name, "restore_points", len(cps.restore), "latest", cps.latest)
-		c.startJob(r, cps, c.cfg.Now())
-	}
-	return nil
 }
 
 // reportSync logs whether the JetStream servers sync every write, which
@@ -294,26 +224,26 @@ type runCheckpoints struct {
 // checkpoints and savepoints (ids from r.FirstID on), and the savepoint it
 // was submitted with, so that a resubmitted job never restores another
 // run's state.
-func (c *Coordinator) loadCheckpoints(ctx context.Context, r jobRecord) (runCheckpoints, error) {
+func (c *leader) loadCheckpoints(ctx context.Context, r subjects.JobRecord) (runCheckpoints, error) {
 	var out runCheckpoints
 	// Called only while the coordinator starts, before it commits anything:
 	// records above the latest pointer are leftovers of a commit that died.
-	jc, warnings, err := c.ckpts.load(ctx, r.Spec.Name, true)
+	jc, warnings, err := c.store.Load(ctx, r.Spec.Name, true)
 	if err != nil {
 		return out, err
 	}
 	for _, w := range warnings {
 		c.log.Warn("checkpoint store", "job", r.Spec.Name, "warning", w)
 	}
-	out.latest = max(jc.highest, r.FirstID-1)
+	out.latest = max(jc.Highest, r.FirstID-1)
 	var points []subjects.CheckpointRecord
-	for _, cp := range jc.checkpoints {
+	for _, cp := range jc.Checkpoints {
 		if cp.ID >= r.FirstID {
 			out.retained = append(out.retained, cp)
 			points = append(points, cp)
 		}
 	}
-	for _, sp := range jc.savepoints {
+	for _, sp := range jc.Savepoints {
 		if sp.ID >= r.FirstID {
 			points = append(points, sp)
 		}
@@ -331,7 +261,7 @@ func (c *Coordinator) loadCheckpoints(ctx context.Context, r jobRecord) (runChec
 	return out, nil
 }
 
-func (c *Coordinator) run(ctx context.Context) error {
+func (c *leader) run(ctx context.Context) error {
 	t := time.NewTicker(c.cfg.TickInterval)
 	defer t.Stop()
 	for {
@@ -339,8 +269,14 @@ func (c *Coordinator) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case f := <-c.inbox:
+			if !c.co.acting() {
+				return errNotActing
+			}
 			f(c.cfg.Now())
 		case <-t.C:
+			if !c.co.acting() {
+				return errNotActing
+			}
 			now := c.cfg.Now()
 			c.doRM(c.rm.Tick(now), now)
 			for _, name := range sortedKeys(c.jobs) {
@@ -359,10 +295,16 @@ func (c *Coordinator) run(ctx context.Context) error {
 }
 
 // enqueue hands f to the loop. It blocks while the inbox is full, which
-// slows NATS callbacks down rather than dropping their messages.
-func (c *Coordinator) enqueue(f func(now time.Time)) { c.inbox <- f }
+// slows NATS callbacks down rather than dropping their messages; once the
+// term ended it drops f.
+func (c *leader) enqueue(f func(now time.Time)) {
+	select {
+	case c.inbox <- f:
+	case <-c.done:
+	}
+}
 
-func (c *Coordinator) startJob(r jobRecord, cps runCheckpoints, now time.Time) {
+func (c *leader) startJob(r subjects.JobRecord, cps runCheckpoints, now time.Time) {
 	r.State = subjects.JobCreated
 	if r.Spec.Partitions() > 0 && c.cfg.MapInput != nil {
 		// A server the coordinator maps at runtime forgets the mapping when
@@ -405,7 +347,7 @@ func checkpointTasks(jm *jobmaster.Master) []checkpoint.Task {
 }
 
 // doRM carries out resource-manager actions.
-func (c *Coordinator) doRM(acts []resource.Action, now time.Time) {
+func (c *leader) doRM(acts []resource.Action, now time.Time) {
 	for _, a := range acts {
 		switch a := a.(type) {
 		case resource.SendSlotRequest:
@@ -456,7 +398,7 @@ func (c *Coordinator) doRM(acts []resource.Action, now time.Time) {
 }
 
 // doJM carries out job-master actions of job.
-func (c *Coordinator) doJM(job string, acts []jobmaster.Action, now time.Time) {
+func (c *leader) doJM(job string, acts []jobmaster.Action, now time.Time) {
 	for _, a := range acts {
 		switch a := a.(type) {
 		case jobmaster.Demand:
@@ -521,18 +463,18 @@ func (c *Coordinator) doJM(job string, acts []jobmaster.Action, now time.Time) {
 	}
 }
 
-// persist writes a job record; job state is advisory for restarts, so a
-// failed write is logged, not fatal.
-func (c *Coordinator) persist(rec jobRecord) {
+// persist writes a job record under the term; job state is advisory for
+// restarts, so a failed write is logged, not fatal.
+func (c *leader) persist(rec subjects.JobRecord) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
 	defer cancel()
-	if err := c.meta.putJob(ctx, rec); err != nil {
+	if err := c.store.PutJob(ctx, c.epoch, rec); err != nil {
 		c.log.Error("persisting job", "job", rec.Spec.Name, "err", err)
 	}
 }
 
 // event publishes an event; events are best-effort notifications.
-func (c *Coordinator) event(ev subjects.Event, about string) {
+func (c *leader) event(ev subjects.Event, about string) {
 	ev.Time = c.cfg.Now().UTC()
 	if err := c.nc.Publish(c.ns.Events(ev.Kind, about), subjects.MustEncode(&ev)); err != nil {
 		c.log.Debug("publishing event", "err", err)
@@ -540,7 +482,7 @@ func (c *Coordinator) event(ev subjects.Event, about string) {
 }
 
 // request sends req on subject and decodes the answer into resp.
-func (c *Coordinator) request(subject string, req, resp subjects.Message) error {
+func (c *leader) request(subject string, req, resp subjects.Message) error {
 	b, err := subjects.Encode(req)
 	if err != nil {
 		return err

@@ -62,7 +62,7 @@ func (r laterResponder) RespondError(e *subjects.Error, body []byte) error {
 }
 
 // subscribe installs the control-plane subscriptions and the user API.
-func (c *Coordinator) subscribe() ([]*nats.Subscription, micro.Service, error) {
+func (c *leader) subscribe() ([]*nats.Subscription, micro.Service, error) {
 	var subs []*nats.Subscription
 	sub := func(subject string, h nats.MsgHandler) error {
 		s, err := c.nc.Subscribe(subject, h)
@@ -90,7 +90,7 @@ func (c *Coordinator) subscribe() ([]*nats.Subscription, micro.Service, error) {
 	return subs, svc, c.nc.Flush()
 }
 
-func (c *Coordinator) onRegister(msg *nats.Msg) {
+func (c *leader) onRegister(msg *nats.Msg) {
 	var req subjects.RegisterRequest
 	if err := subjects.Decode(msg.Data, &req); err != nil {
 		subjects.Reply(msg, &subjects.RegisterResponse{Error: subjects.AsError(err)})
@@ -103,7 +103,7 @@ func (c *Coordinator) onRegister(msg *nats.Msg) {
 	})
 }
 
-func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
+func (c *leader) onHeartbeat(msg *nats.Msg) {
 	var hb subjects.Heartbeat
 	if err := subjects.Decode(msg.Data, &hb); err != nil {
 		subjects.Reply(msg, &subjects.HeartbeatResponse{Error: subjects.AsError(err)})
@@ -132,7 +132,7 @@ func (c *Coordinator) onHeartbeat(msg *nats.Msg) {
 	})
 }
 
-func (c *Coordinator) onOffer(msg *nats.Msg) {
+func (c *leader) onOffer(msg *nats.Msg) {
 	var o subjects.SlotOffer
 	err := subjects.Decode(msg.Data, &o)
 	if err == nil {
@@ -176,7 +176,7 @@ func (c *Coordinator) onOffer(msg *nats.Msg) {
 	})
 }
 
-func (c *Coordinator) onStatus(msg *nats.Msg) {
+func (c *leader) onStatus(msg *nats.Msg) {
 	var st subjects.TaskStatus
 	err := subjects.Decode(msg.Data, &st)
 	if err == nil {
@@ -198,7 +198,7 @@ func (c *Coordinator) onStatus(msg *nats.Msg) {
 
 // inputGap records input events a task continued past (source.on_gap
 // continue): in the log, as an event, and in job status.
-func (c *Coordinator) inputGap(e *jobEntry, st *subjects.TaskStatus) {
+func (c *leader) inputGap(e *jobEntry, st *subjects.TaskStatus) {
 	const keep = 100
 	e.gaps = append(e.gaps, *st.Gap)
 	if len(e.gaps) > keep {
@@ -210,14 +210,40 @@ func (c *Coordinator) inputGap(e *jobEntry, st *subjects.TaskStatus) {
 		Error: subjects.Errorf(subjects.CodeDataLoss, "%s", msg)}, st.Job)
 }
 
-// call runs f on the loop and waits for its result.
-func call[T any](c *Coordinator, f func(now time.Time) T) T {
+// call runs f on the loop and waits for its result. If the term ends
+// first it panics with termEnded, which the API's handlers (guard) answer
+// with CodeNotLeader.
+func call[T any](c *leader, f func(now time.Time) T) T {
 	ch := make(chan T, 1)
 	c.enqueue(func(now time.Time) { ch <- f(now) })
-	return <-ch
+	select {
+	case v := <-ch:
+		return v
+	case <-c.done:
+		panic(termEnded{})
+	}
 }
 
-func (c *Coordinator) addService() (micro.Service, error) {
+// termEnded is call's panic when the term ended while a request waited.
+type termEnded struct{}
+
+// guard answers a request whose handler found the term ended with
+// CodeNotLeader, which clients retry.
+func guard(h micro.HandlerFunc) micro.HandlerFunc {
+	return func(r micro.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if _, ok := v.(termEnded); !ok {
+					panic(v)
+				}
+				subjects.Reply(microResponder{r}, &subjects.Response{Error: subjects.Errorf(subjects.CodeNotLeader, "the leader's term ended: retry")})
+			}
+		}()
+		h(r)
+	}
+}
+
+func (c *leader) addService() (micro.Service, error) {
 	svc, err := micro.AddService(c.nc, micro.Config{
 		Name: subjects.ServiceName, Version: Version,
 		Description: "flotilla user API: jobs, workers, savepoints, checkpoints, state",
@@ -227,7 +253,7 @@ func (c *Coordinator) addService() (micro.Service, error) {
 	}
 	g := svc.AddGroup(c.ns.APIGroup())
 	add := func(endpoint string, h micro.HandlerFunc) error {
-		return g.AddEndpoint(strings.ReplaceAll(endpoint, ".", "_"), h, micro.WithEndpointSubject(endpoint))
+		return g.AddEndpoint(strings.ReplaceAll(endpoint, ".", "_"), guard(h), micro.WithEndpointSubject(endpoint))
 	}
 	err = errors.Join(
 		add(subjects.APIJobSubmit, c.apiSubmit),
@@ -251,7 +277,7 @@ func (c *Coordinator) addService() (micro.Service, error) {
 	return svc, nil
 }
 
-func (c *Coordinator) apiSubmit(r micro.Request) {
+func (c *leader) apiSubmit(r micro.Request) {
 	var req subjects.SubmitJob
 	if err := subjects.Decode(r.Data(), &req); err != nil {
 		subjects.Reply(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
@@ -266,7 +292,7 @@ func (c *Coordinator) apiSubmit(r micro.Request) {
 
 // submit starts a new run of a job, from a savepoint or checkpoint location
 // if from is set. It runs off the loop: it reads JetStream and the store.
-func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorChange bool) (subjects.JobInfo, error) {
+func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange bool) (subjects.JobInfo, error) {
 	if err := c.checkOperator(spec); err != nil {
 		return subjects.JobInfo{}, err
 	}
@@ -306,7 +332,10 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorCh
 	if err != nil {
 		return subjects.JobInfo{}, err
 	}
-	jc, _, err := c.ckpts.load(ctx, spec.Name, false)
+	if err := c.store.Claim(ctx, spec.Name, c.epoch); err != nil {
+		return subjects.JobInfo{}, subjects.Errorf(subjects.CodeNotLeader, "claiming %q: %v", spec.Name, err)
+	}
+	jc, _, err := c.store.Load(ctx, spec.Name, false)
 	if err != nil {
 		return subjects.JobInfo{}, subjects.Errorf(subjects.CodeStorageUnavailable, "reading checkpoints of %q: %v", spec.Name, err)
 	}
@@ -318,11 +347,11 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorCh
 		// name, committed or not (never reuse the id of a commit in flight),
 		// and after the savepoint's, which may be another job's: restore
 		// points are tried newest id first.
-		latest := jc.highest
+		latest := jc.Highest
 		if fromRec != nil {
 			latest = max(latest, fromRec.ID)
 		}
-		rec := jobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: latest + 1}
+		rec := subjects.JobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: latest + 1}
 		c.persist(rec)
 		c.event(subjects.Event{Kind: subjects.EventJobSubmitted, Job: spec.Name, Location: from}, spec.Name)
 		c.startJob(rec, runCheckpoints{latest: latest, restore: restore, from: fromRec}, now)
@@ -333,9 +362,9 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorCh
 		// Records of the job's earlier runs are never restored by this run:
 		// forget them (their files are reclaimed by the orphan sweep), but
 		// keep the one this run restores from.
-		for _, old := range jc.checkpoints {
+		for _, old := range jc.Checkpoints {
 			if old.Location != fromKey {
-				_ = c.ckpts.remove(ctx, old)
+				_ = c.store.Remove(ctx, c.epoch, old)
 			}
 		}
 	}
@@ -358,7 +387,7 @@ func checkRestoredOperator(from subjects.CheckpointRecord, spec subjects.JobSpec
 
 // checkOperator rejects a job whose operator no registered worker has and
 // that is not built in.
-func (c *Coordinator) checkOperator(spec subjects.JobSpec) error {
+func (c *leader) checkOperator(spec subjects.JobSpec) error {
 	for _, op := range subjects.BuiltinOperators {
 		if op == spec.Operator.Type {
 			return nil
@@ -372,7 +401,7 @@ func (c *Coordinator) checkOperator(spec subjects.JobSpec) error {
 	return nil
 }
 
-func (c *Coordinator) jobRequest(r micro.Request) (subjects.JobRequest, bool) {
+func (c *leader) jobRequest(r micro.Request) (subjects.JobRequest, bool) {
 	var req subjects.JobRequest
 	if err := subjects.Decode(r.Data(), &req); err != nil {
 		subjects.Reply(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
@@ -385,7 +414,7 @@ func unknownJob(job string) *subjects.Error {
 	return subjects.Errorf(subjects.CodeUnknownJob, "no job named %q", job)
 }
 
-func (c *Coordinator) apiJobStatus(r micro.Request) {
+func (c *leader) apiJobStatus(r micro.Request) {
 	req, ok := c.jobRequest(r)
 	if !ok {
 		return
@@ -399,7 +428,7 @@ func (c *Coordinator) apiJobStatus(r micro.Request) {
 	subjects.Reply(microResponder{r}, &info)
 }
 
-func (c *Coordinator) apiJobCancel(r micro.Request) {
+func (c *leader) apiJobCancel(r micro.Request) {
 	req, ok := c.jobRequest(r)
 	if !ok {
 		return
@@ -416,7 +445,7 @@ func (c *Coordinator) apiJobCancel(r micro.Request) {
 	subjects.Reply(microResponder{r}, &info)
 }
 
-func (c *Coordinator) apiJobList(r micro.Request) {
+func (c *leader) apiJobList(r micro.Request) {
 	list := call(c, func(time.Time) subjects.JobList {
 		out := subjects.JobList{Jobs: []subjects.JobInfo{}}
 		for _, name := range sortedKeys(c.jobs) {
@@ -429,14 +458,14 @@ func (c *Coordinator) apiJobList(r micro.Request) {
 	subjects.Reply(microResponder{r}, &list)
 }
 
-func (c *Coordinator) apiWorkerList(r micro.Request) {
+func (c *leader) apiWorkerList(r micro.Request) {
 	list := call(c, func(time.Time) subjects.WorkerList {
 		return subjects.WorkerList{Workers: append([]subjects.WorkerInfo{}, c.rm.Workers()...)}
 	})
 	subjects.Reply(microResponder{r}, &list)
 }
 
-func (c *Coordinator) apiStateGet(r micro.Request) {
+func (c *leader) apiStateGet(r micro.Request) {
 	var q subjects.StateQuery
 	if err := subjects.Decode(r.Data(), &q); err != nil {
 		subjects.Reply(microResponder{r}, &subjects.StateResult{Error: subjects.AsError(err)})
@@ -506,7 +535,7 @@ func sortedKeys[V any](m map[string]V) []string {
 // savepointRefused answers a savepoint, stop or rescale request at once,
 // from the handler, if its job does not exist or is not running, and
 // returns whether it did.
-func (c *Coordinator) savepointRefused(r micro.Request, job string) bool {
+func (c *leader) savepointRefused(r micro.Request, job string) bool {
 	err := subjects.AsError(subjects.ValidateName("job", job))
 	if err == nil {
 		err = call(c, func(time.Time) *subjects.Error {
@@ -525,7 +554,7 @@ func (c *Coordinator) savepointRefused(r micro.Request, job string) bool {
 	return err != nil
 }
 
-func (c *Coordinator) apiJobStop(r micro.Request) {
+func (c *leader) apiJobStop(r micro.Request) {
 	req, ok := c.jobRequest(r)
 	if !ok || c.savepointRefused(r, req.Job) {
 		return
@@ -533,7 +562,7 @@ func (c *Coordinator) apiJobStop(r micro.Request) {
 	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job, Stop: true}, savepointWaiter{reply: later(c.nc, r)})
 }
 
-func (c *Coordinator) apiJobRescale(r micro.Request) {
+func (c *leader) apiJobRescale(r micro.Request) {
 	var req subjects.RescaleJob
 	if err := subjects.Decode(r.Data(), &req); err != nil {
 		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
@@ -558,10 +587,19 @@ func (c *Coordinator) apiJobRescale(r micro.Request) {
 
 // rescaleFrom resubmits a job stopped with a savepoint at the waiter's
 // parallelism, restoring from that savepoint.
-func (c *Coordinator) rescaleFrom(job string, w savepointWaiter, res subjects.SavepointResult, now time.Time) {
+func (c *leader) rescaleFrom(job string, w savepointWaiter, res subjects.SavepointResult, now time.Time) {
 	spec := c.jobs[job].jm.Spec()
 	spec.Parallelism = w.rescale
 	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				if _, ok := v.(termEnded); !ok {
+					panic(v)
+				}
+				res.Error = subjects.Errorf(subjects.CodeNotLeader, "job stopped with savepoint %s, but the leader's term ended before resubmitting it at parallelism %d: submit it from the savepoint", res.Location, w.rescale)
+				subjects.Reply(w.reply, &res)
+			}
+		}()
 		_, err := c.submit(spec, res.Location, false)
 		if err != nil {
 			res.Error = subjects.Errorf(subjects.CodeOf(err), "job stopped with savepoint %s, but resubmitting at parallelism %d failed: %v", res.Location, w.rescale, err)
@@ -570,7 +608,7 @@ func (c *Coordinator) rescaleFrom(job string, w savepointWaiter, res subjects.Sa
 	}()
 }
 
-func (c *Coordinator) apiSavepoint(r micro.Request) {
+func (c *leader) apiSavepoint(r micro.Request) {
 	var t subjects.TriggerSavepoint
 	if err := subjects.Decode(r.Data(), &t); err != nil {
 		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
@@ -582,7 +620,7 @@ func (c *Coordinator) apiSavepoint(r micro.Request) {
 	c.triggerSavepoint(t, savepointWaiter{reply: later(c.nc, r)})
 }
 
-func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
+func (c *leader) listCheckpoints(r micro.Request, savepoints bool) {
 	req, ok := c.jobRequest(r)
 	if !ok {
 		return
@@ -602,7 +640,7 @@ func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
 	if list == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
 		defer cancel()
-		jc, _, err := c.ckpts.load(ctx, req.Job, false)
+		jc, _, err := c.store.Load(ctx, req.Job, false)
 		if err != nil {
 			subjects.Reply(microResponder{r}, &subjects.CheckpointList{Error: subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err)})
 			return
@@ -610,13 +648,13 @@ func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
 		// A job this coordinator does not know and that left no record
 		// (the records of a job whose run was forgotten still list) does
 		// not exist: the same answer as every other endpoint's.
-		if !known && jc.latest == 0 && len(jc.checkpoints) == 0 && len(jc.savepoints) == 0 {
+		if !known && jc.Latest == 0 && len(jc.Checkpoints) == 0 && len(jc.Savepoints) == 0 {
 			subjects.Reply(microResponder{r}, &subjects.CheckpointList{Error: unknownJob(req.Job)})
 			return
 		}
-		list = jc.checkpoints
+		list = jc.Checkpoints
 		if savepoints {
-			list = jc.savepoints
+			list = jc.Savepoints
 		}
 	}
 	out := subjects.CheckpointList{Checkpoints: []subjects.CheckpointRecord{}}
@@ -627,12 +665,12 @@ func (c *Coordinator) listCheckpoints(r micro.Request, savepoints bool) {
 	subjects.Reply(microResponder{r}, &out)
 }
 
-func (c *Coordinator) apiCheckpointList(r micro.Request) { c.listCheckpoints(r, false) }
-func (c *Coordinator) apiSavepointList(r micro.Request)  { c.listCheckpoints(r, true) }
+func (c *leader) apiCheckpointList(r micro.Request) { c.listCheckpoints(r, false) }
+func (c *leader) apiSavepointList(r micro.Request)  { c.listCheckpoints(r, true) }
 
 // apiSavepointDelete deletes a savepoint: its JetStream record, then every
 // object under its location. Only savepoints can be deleted this way.
-func (c *Coordinator) apiSavepointDelete(r micro.Request) {
+func (c *leader) apiSavepointDelete(r micro.Request) {
 	var req subjects.SavepointDelete
 	fail := func(err error) { subjects.Reply(microResponder{r}, &subjects.Response{Error: subjects.AsError(err)}) }
 	if err := subjects.Decode(r.Data(), &req); err != nil {
@@ -646,7 +684,7 @@ func (c *Coordinator) apiSavepointDelete(r micro.Request) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	rec, found, err := c.ckpts.savepointByLocation(ctx, key)
+	rec, found, err := c.store.SavepointByLocation(ctx, key)
 	if err != nil {
 		fail(subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err))
 		return
@@ -691,8 +729,12 @@ func (c *Coordinator) apiSavepointDelete(r micro.Request) {
 		fail(subjects.Errorf(subjects.CodeSavepointInUse, "job %q restored from %s and has completed no checkpoint since: it can restore from nothing else yet; delete the savepoint once a checkpoint completed", u.inUse, req.Location))
 		return
 	}
-	if err := c.ckpts.remove(ctx, rec); err != nil {
+	if err := c.store.Remove(ctx, c.epoch, rec); err != nil {
 		fail(subjects.Errorf(subjects.CodeStorageUnavailable, "%v", err))
+		return
+	}
+	if err := c.co.holds(ctx, c.epoch); err != nil {
+		fail(subjects.Errorf(subjects.CodeNotLeader, "savepoint record deleted, but not its objects: %v", err))
 		return
 	}
 	objs, err := c.cfg.Store.List(ctx, key+"/")

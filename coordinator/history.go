@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/flotilla-io/flotilla/coordinator/metastore"
 	"github.com/flotilla-io/flotilla/internal/replicas"
 	"github.com/flotilla-io/flotilla/subjects"
 )
@@ -35,7 +36,7 @@ type history struct {
 }
 
 func openHistory(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p replicas.Policy, perJob int, maxAge time.Duration) (*history, error) {
-	name := bucketName(ns, "CHECKPOINT_HISTORY")
+	name := metastore.BucketName(ns, metastore.StreamHistory)
 	if _, _, err := replicas.EnsureStream(ctx, js, jetstream.StreamConfig{
 		Name: name, Subjects: []string{ns.HistoryAll()}, Storage: jetstream.FileStorage,
 		MaxMsgsPerSubject: int64(perJob), MaxAge: maxAge, Discard: jetstream.DiscardOld,
@@ -55,7 +56,7 @@ func (h *history) record(ctx context.Context, a subjects.CheckpointAttempt) erro
 	// Retried through leader elections; the message id makes a retry of a
 	// publish that was stored after all a duplicate the stream drops.
 	id := fmt.Sprintf("%s.%d", a.Job, a.ID)
-	return retry(ctx, func(ctx context.Context) error {
+	return metastore.Retry(ctx, metastore.Transient, func(ctx context.Context) error {
 		_, err := h.js.Publish(ctx, h.ns.History(a.Job), b, jetstream.WithMsgID(id))
 		return err
 	})
@@ -109,7 +110,7 @@ const historyTimeout = time.Minute
 
 // recordAttempt observes an ended checkpoint attempt in the metrics and
 // appends it to the history, off the loop. Loop only.
-func (c *Coordinator) recordAttempt(a subjects.CheckpointAttempt) {
+func (c *leader) recordAttempt(a subjects.CheckpointAttempt) {
 	c.metrics.attempt(a)
 	a.Location = c.locationOf(a.Location)
 	go func() {
@@ -122,13 +123,13 @@ func (c *Coordinator) recordAttempt(a subjects.CheckpointAttempt) {
 }
 
 // apiCheckpointHistory answers a HistoryRequest from the history stream.
-func (c *Coordinator) apiCheckpointHistory(r micro.Request) {
+func (c *leader) apiCheckpointHistory(r micro.Request) {
 	var req subjects.HistoryRequest
 	if err := subjects.Decode(r.Data(), &req); err != nil {
 		subjects.Reply(microResponder{r}, &subjects.CheckpointHistory{Error: subjects.AsError(err)})
 		return
 	}
-	out, err := c.History(context.Background(), req.Job, req.Limit)
+	out, err := c.co.History(context.Background(), req.Job, req.Limit)
 	if err != nil {
 		out.Error = subjects.AsError(err)
 	}

@@ -18,7 +18,7 @@ type taskFigures struct {
 }
 
 // recordFigures keeps the task figures of an accepted heartbeat. Loop only.
-func (c *Coordinator) recordFigures(hb *subjects.Heartbeat) {
+func (c *leader) recordFigures(hb *subjects.Heartbeat) {
 	for _, s := range hb.Slots {
 		if s.Stats == nil || s.Attempt == 0 {
 			continue
@@ -34,7 +34,7 @@ func (c *Coordinator) recordFigures(hb *subjects.Heartbeat) {
 
 // jobInfo is the job master's view of a job with the figures of its
 // current attempts added. Loop only.
-func (c *Coordinator) jobInfo(e *jobEntry) subjects.JobInfo {
+func (c *leader) jobInfo(e *jobEntry) subjects.JobInfo {
 	info := e.jm.Info()
 	info.LastCheckpointAt = e.lastCompleted
 	in := subjects.DescribeInput(&e.rec.Spec)
@@ -118,7 +118,7 @@ var (
 	descWorkers   = prometheus.NewDesc("flotilla_workers", "Registered workers.", nil, nil)
 	descSlots     = prometheus.NewDesc("flotilla_slots", "Slots of the registered workers.", nil, nil)
 	descSlotsFree = prometheus.NewDesc("flotilla_slots_free", "Free slots of the registered workers.", nil, nil)
-	descEpoch     = prometheus.NewDesc("flotilla_coordinator_epoch", "The coordinator's epoch: it grows on every coordinator start (failover).", nil, nil)
+	descEpoch     = prometheus.NewDesc("flotilla_coordinator_epoch", "The leading coordinator's epoch (its term): it grows with every new leader (failover).", nil, nil)
 	descJobUp     = prometheus.NewDesc("flotilla_job_running", "1 while the job runs (every task running), else 0.", []string{"job"}, nil)
 	descRestarts  = prometheus.NewDesc("flotilla_job_restarts_total", "Task restarts of the job's current run.", []string{"job"}, nil)
 	descJobRate   = prometheus.NewDesc("flotilla_job_events_per_second", "Events in per second of the job's tasks, from the workers' last heartbeats.", []string{"job"}, nil)
@@ -154,15 +154,14 @@ func (cc coordCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range c.metrics.collectors() {
 		m.Collect(ch)
 	}
-	select {
-	case <-c.ready:
-	default:
-		return // not set up yet
+	l := c.current()
+	if l == nil {
+		return // standing by: the leader reports the fleet
 	}
-	snap, ok := tryCall(c, 5*time.Second, func(time.Time) fleetSnapshot {
-		s := fleetSnapshot{epoch: c.epoch, workers: append([]subjects.WorkerInfo(nil), c.rm.Workers()...)}
-		for _, name := range sortedKeys(c.jobs) {
-			s.jobs = append(s.jobs, c.jobInfo(c.jobs[name]))
+	snap, ok := tryCall(l, 5*time.Second, func(time.Time) fleetSnapshot {
+		s := fleetSnapshot{epoch: l.epoch, workers: append([]subjects.WorkerInfo(nil), l.rm.Workers()...)}
+		for _, name := range sortedKeys(l.jobs) {
+			s.jobs = append(s.jobs, l.jobInfo(l.jobs[name]))
 		}
 		return s
 	})
@@ -201,7 +200,7 @@ func (cc coordCollector) Collect(ch chan<- prometheus.Metric) {
 
 // tryCall is call with a bound: it gives up (ok false) when the loop does
 // not run f within d (it is not running, or is stuck).
-func tryCall[T any](c *Coordinator, d time.Duration, f func(now time.Time) T) (T, bool) {
+func tryCall[T any](c *leader, d time.Duration, f func(now time.Time) T) (T, bool) {
 	var zero T
 	ch := make(chan T, 1)
 	timer := time.NewTimer(d)

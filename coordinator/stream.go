@@ -24,7 +24,7 @@ const probeWait = 2 * time.Second
 // server maps the source subject by key group (Config.MapInput, when set,
 // adds the mapping first), one stream otherwise. It returns the spec with
 // its layout resolved.
-func (c *Coordinator) resolveInput(spec subjects.JobSpec) (subjects.JobSpec, error) {
+func (c *leader) resolveInput(spec subjects.JobSpec) (subjects.JobSpec, error) {
 	src, dest, err := subjects.InputMapping(&spec)
 	if err != nil {
 		return spec, err
@@ -58,7 +58,7 @@ func (c *Coordinator) resolveInput(spec subjects.JobSpec) (subjects.JobSpec, err
 
 // ensureInput makes sure the streams of a job's resolved input exist,
 // creating or adopting them, and returns warnings for the submitter.
-func (c *Coordinator) ensureInput(spec subjects.JobSpec) ([]string, error) {
+func (c *leader) ensureInput(spec subjects.JobSpec) ([]string, error) {
 	src, _, err := subjects.InputMapping(&spec)
 	if err != nil {
 		return nil, err
@@ -94,7 +94,7 @@ func (c *Coordinator) ensureInput(spec subjects.JobSpec) ([]string, error) {
 // key group: it publishes one message to a source subject and sees on which
 // subject it arrives. The message carries Nats-Expected-Stream naming no
 // stream, so no stream stores it.
-func (c *Coordinator) probeMapping(ctx context.Context, spec *subjects.JobSpec) (bool, error) {
+func (c *leader) probeMapping(ctx context.Context, spec *subjects.JobSpec) (bool, error) {
 	src := spec.Source.Subjects[0]
 	key := "_flotilla_probe_" + nuid.Next()
 	toks := strings.Split(src, ".")
@@ -163,7 +163,7 @@ func (c *Coordinator) probeMapping(ctx context.Context, spec *subjects.JobSpec) 
 // subject (or its mapped form), without a subject transform or with the
 // key-group transform of earlier flotilla versions. Limits the spec sets are
 // applied to an adopted stream.
-func (c *Coordinator) ensureStream(ctx context.Context, spec *subjects.JobSpec, want jetstream.StreamConfig) ([]string, error) {
+func (c *leader) ensureStream(ctx context.Context, spec *subjects.JobSpec, want jetstream.StreamConfig) ([]string, error) {
 	s, change, err := replicas.EnsureStream(ctx, c.js, want, c.jobReplicas(*spec), false)
 	switch {
 	case errors.Is(err, replicas.ErrReplicas):
@@ -251,7 +251,7 @@ func retentionWarnings(spec *subjects.JobSpec) []string {
 
 // jobReplicas is the replication policy of a job's own streams: the spec's
 // replicas when set, else the coordinator's.
-func (c *Coordinator) jobReplicas(spec subjects.JobSpec) replicas.Policy {
+func (c *leader) jobReplicas(spec subjects.JobSpec) replicas.Policy {
 	p := c.repl
 	if spec.Replicas > 0 {
 		p.Replicas = spec.Replicas

@@ -14,10 +14,20 @@ import (
 // returns the number of objects it deleted. The periodic sweep uses
 // Config.OrphanGrace; a grace shorter than the longest upload can delete
 // files of checkpoints in flight, so use a short one only on stopped jobs.
-func (c *Coordinator) SweepOrphans(grace time.Duration) int {
+// A standby sweeps nothing and returns 0.
+func (co *Coordinator) SweepOrphans(grace time.Duration) int {
+	c := co.current()
+	if c == nil {
+		return 0
+	}
 	done := make(chan int, 1)
 	c.enqueue(func(now time.Time) { c.sweepOrphans(now, grace, done) })
-	return <-done
+	select {
+	case n := <-done:
+		return n
+	case <-c.done:
+		return 0
+	}
 }
 
 // sweepOrphans deletes, for every job this coordinator knows, the objects
@@ -30,7 +40,7 @@ func (c *Coordinator) SweepOrphans(grace time.Duration) int {
 // and earlier runs. Called on the loop;
 // the listing and deleting run on their own goroutine, which sends the
 // number deleted on done (if not nil).
-func (c *Coordinator) sweepOrphans(now time.Time, grace time.Duration, done chan<- int) {
+func (c *leader) sweepOrphans(now time.Time, grace time.Duration, done chan<- int) {
 	type job struct {
 		name       string
 		referenced map[string]bool
@@ -90,6 +100,10 @@ func (c *Coordinator) sweepOrphans(now time.Time, grace time.Duration, done chan
 			}
 			if len(orphans) == 0 {
 				continue
+			}
+			if err := c.co.holds(ctx, c.epoch); err != nil {
+				c.log.Warn("orphan sweep: not deleting", "job", j.name, "err", err)
+				return
 			}
 			if err := c.cfg.Store.Delete(ctx, orphans...); err != nil {
 				c.log.Warn("orphan sweep: deleting", "job", j.name, "err", err)

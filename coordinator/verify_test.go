@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/flotilla-io/flotilla/coordinator/metastore"
 	"github.com/flotilla-io/flotilla/internal/replicas"
 	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/statebackend"
@@ -38,11 +39,11 @@ func BenchmarkCommitVerify(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	ckpts, err := openCkptStore(ctx, js, subjects.Namespace{}, replicas.Policy{Replicas: 1})
+	ckpts, err := metastore.New(ctx, js, subjects.Namespace{}, replicas.Policy{Replicas: 1}, metastore.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	c := &Coordinator{cfg: Config{Store: store, RequestTimeout: 30 * time.Second}, ckpts: ckpts,
+	c := &leader{cfg: Config{Store: store, RequestTimeout: 30 * time.Second}, store: ckpts,
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	r := subjects.CheckpointRecord{Job: "bench", Kind: subjects.KindCheckpoint, Format: statebackend.FormatNative,
 		Location: "bench/chk-1", Parallelism: tasks, MaxParallelism: 128}
@@ -87,7 +88,7 @@ func BenchmarkCommitVerify(b *testing.B) {
 		if err := c.writeMetadata(r); err != nil {
 			b.Fatal(err)
 		}
-		if err := ckpts.commit(ctx, r); err != nil {
+		if err := ckpts.Commit(ctx, 1, r); err != nil {
 			b.Fatal(err)
 		}
 		base += time.Since(start)
@@ -106,7 +107,7 @@ func BenchmarkCommitVerify(b *testing.B) {
 		if err := <-done; err != nil {
 			b.Fatal(err)
 		}
-		if err := ckpts.commit(ctx, r); err != nil {
+		if err := ckpts.Commit(ctx, 1, r); err != nil {
 			b.Fatal(err)
 		}
 		verified += time.Since(start)

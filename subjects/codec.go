@@ -55,6 +55,10 @@ const (
 	TypeCheckpointAttempt
 	TypeHistoryRequest
 	TypeCheckpointHistory
+	TypeJobRecord
+	TypeLatestPointer
+	TypeLeaderLease
+	TypeLeaderInfo
 	numTypes
 )
 
@@ -94,6 +98,10 @@ var typeNames = [numTypes]string{
 	TypeCheckpointAttempt: "checkpoint_attempt",
 	TypeHistoryRequest:    "history_request",
 	TypeCheckpointHistory: "checkpoint_history",
+	TypeJobRecord:         "job_record",
+	TypeLatestPointer:     "latest_pointer",
+	TypeLeaderLease:       "leader_lease",
+	TypeLeaderInfo:        "leader_info",
 }
 
 func (t Type) String() string {
@@ -403,6 +411,14 @@ func New(t Type) Message {
 		return new(HistoryRequest)
 	case TypeCheckpointHistory:
 		return new(CheckpointHistory)
+	case TypeJobRecord:
+		return new(JobRecord)
+	case TypeLatestPointer:
+		return new(LatestPointer)
+	case TypeLeaderLease:
+		return new(LeaderLease)
+	case TypeLeaderInfo:
+		return new(LeaderInfo)
 	}
 	return nil
 }

@@ -65,6 +65,10 @@ func validMessages() []Message {
 		testAttempt(),
 		&HistoryRequest{Job: "clicks", Limit: 10},
 		&CheckpointHistory{Attempts: []CheckpointAttempt{*testAttempt()}, Truncated: true},
+		&JobRecord{Spec: spec, State: JobRunning, Submitted: time.Unix(100, 0).UTC(), FirstID: 3, Term: 7},
+		&LatestPointer{ID: 5, Kind: KindCheckpoint, Location: "clicks/chk-5", Term: 7},
+		&LeaderLease{Holder: "c1", Term: 7, Acquired: time.Unix(100, 0).UTC()},
+		&LeaderInfo{Leader: "c1", Term: 7, Answered: "c2"},
 	}
 }
 

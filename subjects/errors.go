@@ -27,6 +27,7 @@ const (
 	CodeNoSlot             Code = 202 // the worker has no free slot
 	CodeSlotMismatch       Code = 203 // slot/allocation does not match what the receiver holds
 	CodeEpochAhead         Code = 204 // a coordinator epoch above the one the worker registered with
+	CodeNotLeader          Code = 205 // this coordinator does not lead (or no coordinator leads now): retry, at the leader it names
 	CodeUnknownJob         Code = 300 // no such job
 	CodeJobExists          Code = 301 // a job of that name is running
 	CodeInvalidJobSpec     Code = 302 // job spec fails validation
@@ -68,6 +69,7 @@ var codeNames = map[Code]string{
 	CodeNoSlot:             "no_slot",
 	CodeSlotMismatch:       "slot_mismatch",
 	CodeEpochAhead:         "epoch_ahead",
+	CodeNotLeader:          "not_leader",
 	CodeUnknownJob:         "unknown_job",
 	CodeJobExists:          "job_exists",
 	CodeInvalidJobSpec:     "invalid_job_spec",

@@ -26,7 +26,8 @@
 //
 //	User plane
 //	  p.trigger.savepoint.<job>         anyone, publish or request: TriggerSavepoint (body may be empty) -> SavepointResult
-//	  p.api.<endpoint>                  the "flotilla" nats micro service (see API* constants)
+//	  p.api.<endpoint>                  the "flotilla" nats micro service (see API* constants), served by the leader only
+//	  p.coordinator.leader              anyone -> every coordinator, request: LeaderInfo -> LeaderInfo
 //	  p.events.<kind...>                coordinator, publish: Event, kept in a JetStream stream
 //
 // Everything a worker says (register aside) carries its name as the last
@@ -157,6 +158,11 @@ func (n Namespace) API(e string) string { return n.s("api." + e) }
 
 // APIGroup is the subject prefix of the user API micro service.
 func (n Namespace) APIGroup() string { return n.s("api") }
+
+// Leader is where every coordinator, leading or standing by, answers who
+// leads (LeaderInfo). It is outside the API group, which only the leader
+// serves.
+func (n Namespace) Leader() string { return n.s("coordinator.leader") }
 
 // Events is the subject of an event of kind k about subject token about
 // (a job or worker name; may be empty).

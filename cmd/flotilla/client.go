@@ -181,6 +181,25 @@ func runWorkers(ctx context.Context, e *env, args []string) error {
 	})
 }
 
+func runLeader(ctx context.Context, e *env, args []string) error {
+	cc := e.clientCmd()
+	return cc.run(args, func(api *client.Client, _ []string) error {
+		info, err := api.Leader(ctx)
+		if err != nil {
+			return err
+		}
+		if cc.json {
+			return printJSON(e.stdout, &info)
+		}
+		if info.Leader == "" {
+			fmt.Fprintf(e.stdout, "no coordinator leads now (answered by %s)\n", info.Answered)
+			return nil
+		}
+		fmt.Fprintf(e.stdout, "%s leads in term %d (answered by %s)\n", info.Leader, info.Term, info.Answered)
+		return nil
+	})
+}
+
 func runStateGet(ctx context.Context, e *env, args []string) error {
 	cc := e.clientCmd()
 	return cc.run(args, func(api *client.Client, pos []string) error {

@@ -36,6 +36,8 @@ func runCoordinator(ctx context.Context, e *env, args []string) error {
 	httpToken := fs.String("http-token", os.Getenv("FLOTILLA_HTTP_TOKEN"), "token the dashboard requires (bearer, or basic-auth password); required with NATS authentication (env FLOTILLA_HTTP_TOKEN)")
 	metricsAddr := fs.String("metrics", os.Getenv("FLOTILLA_METRICS"), "serve Prometheus metrics on this address at /metrics, e.g. 127.0.0.1:9090 (env FLOTILLA_METRICS; default off)")
 	histPerJob := fs.Int("history-per-job", envInt("FLOTILLA_HISTORY_PER_JOB", coordinator.DefaultHistoryPerJob), "checkpoint attempts kept per job in the history (env FLOTILLA_HISTORY_PER_JOB)")
+	name := fs.String("name", os.Getenv("FLOTILLA_COORDINATOR_NAME"), "this coordinator's name in the leader lease; every coordinator needs its own (env FLOTILLA_COORDINATOR_NAME; default host, pid and a random suffix)")
+	leaseTTL := fs.Duration("lease-ttl", envDuration("FLOTILLA_LEASE_TTL", 10*time.Second), "the leader lease's time to live: a standby takes over about this long after the leader died; fixed when the lease bucket is created (env FLOTILLA_LEASE_TTL)")
 	histMaxAge := fs.Duration("history-max-age", envDuration("FLOTILLA_HISTORY_MAX_AGE", coordinator.DefaultHistoryMaxAge), "age after which checkpoint history records are dropped (env FLOTILLA_HISTORY_MAX_AGE)")
 	if _, err := e.parse(fs, args); err != nil {
 		return err
@@ -68,7 +70,8 @@ func runCoordinator(ctx context.Context, e *env, args []string) error {
 	defer nc.Close()
 	co, err := coordinator.New(coordinator.Config{Conn: nc, Namespace: ns, Store: store, Logger: log,
 		HeartbeatInterval: *hbInterval, HeartbeatTimeout: *hbTimeout, Replicas: *replicas, Placement: placement,
-		OrphanGrace: *grace, OrphanSweepInterval: *sweepEvery, HistoryPerJob: *histPerJob, HistoryMaxAge: *histMaxAge})
+		OrphanGrace: *grace, OrphanSweepInterval: *sweepEvery, HistoryPerJob: *histPerJob, HistoryMaxAge: *histMaxAge,
+		Name: *name, LeaseTTL: *leaseTTL})
 	if err != nil {
 		return err
 	}

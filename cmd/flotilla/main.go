@@ -38,7 +38,8 @@ type command struct {
 var commands = []*command{
 	{path: "dev", brief: "NATS, object store, coordinator and two workers in one process", run: runDev,
 		about: "Run a whole fleet in one process: an embedded nats-server with JetStream, a local-directory\nobject store, a coordinator and workers. Other processes (the nats CLI, more workers) can join."},
-	{path: "coordinator", brief: "run the coordinator", run: runCoordinator},
+	{path: "coordinator", brief: "run a coordinator (any number: one leads, the others stand by)", run: runCoordinator},
+	{path: "leader", brief: "which coordinator leads, in which term", run: runLeader},
 	{path: "worker", brief: "run a worker (flotilla worker --help)", main: worker.Main},
 	{path: "job submit", args: "FILE", brief: "submit the job spec in FILE", run: runSubmit,
 		about: "Submit the job spec (JSON) in FILE; see examples/clicks.json."},

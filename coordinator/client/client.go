@@ -6,7 +6,9 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -25,7 +27,64 @@ func New(nc *nats.Conn, ns subjects.Namespace) *Client { return &Client{nc: nc, 
 // call requests subject with req and decodes the reply into resp. A reply
 // that is a bare Response with an error (e.g. from a decode failure on the
 // server) is returned as that error.
+//
+// While no coordinator leads (the leader died and a standby has not taken
+// over yet, or the leader's term ended mid-request) the request is sent
+// again every retryInterval until ctx ends; the error then is
+// subjects.CodeNotLeader naming the leader, if one is known. With no
+// coordinator running at all it fails at once with CodeUnavailable.
 func (c *Client) call(ctx context.Context, subject string, req, resp subjects.Message) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30e9)
+		defer cancel()
+	}
+	for {
+		err := c.callOnce(ctx, subject, req, resp)
+		if subjects.CodeOf(err) != subjects.CodeNotLeader {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(retryInterval):
+		}
+	}
+}
+
+// retryInterval is how often call retries while no coordinator leads.
+const retryInterval = 250 * time.Millisecond
+
+// Leader asks the coordinators who leads; any of them answers, leader or
+// standby. An error with CodeUnavailable means no coordinator answered.
+func (c *Client) Leader(ctx context.Context) (subjects.LeaderInfo, error) {
+	var info subjects.LeaderInfo
+	msg, err := c.nc.RequestWithContext(ctx, c.ns.Leader(), nil)
+	if err != nil {
+		return info, subjects.Errorf(subjects.CodeUnavailable, "no coordinator answers on %s: is one running? (%v)", c.ns.Leader(), err)
+	}
+	if err := subjects.Decode(msg.Data, &info); err != nil {
+		return info, err
+	}
+	return info, errOf(info.Error)
+}
+
+// notLeader is the error for a request nobody served although a
+// coordinator runs: none leads now, or the leader is not serving yet.
+func (c *Client) notLeader(ctx context.Context, subject string) error {
+	lctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	info, err := c.Leader(lctx)
+	switch {
+	case err != nil:
+		return subjects.Errorf(subjects.CodeUnavailable, "no coordinator answers on %s: is it running?", subject)
+	case info.Leader == "":
+		return subjects.Errorf(subjects.CodeNotLeader, "no coordinator leads now (coordinator %s stands by; one takes over when the lease expires): retry", info.Answered)
+	}
+	return subjects.Errorf(subjects.CodeNotLeader, "coordinator %s holds the lease (term %d) but does not serve %s: it is starting, or it died and a standby takes over when the lease expires: retry", info.Leader, info.Term, subject)
+}
+
+func (c *Client) callOnce(ctx context.Context, subject string, req, resp subjects.Message) error {
 	var b []byte // a nil req sends an empty body (the list endpoints)
 	if req != nil {
 		var err error
@@ -33,15 +92,10 @@ func (c *Client) call(ctx context.Context, subject string, req, resp subjects.Me
 			return err
 		}
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 30e9)
-		defer cancel()
-	}
 	msg, err := c.nc.RequestWithContext(ctx, subject, b)
 	if err != nil {
-		if err == nats.ErrNoResponders {
-			return subjects.Errorf(subjects.CodeUnavailable, "no coordinator answers on %s: is it running?", subject)
+		if errors.Is(err, nats.ErrNoResponders) {
+			return c.notLeader(ctx, subject)
 		}
 		return subjects.Errorf(subjects.CodeTimeout, "%s: %v", subject, err)
 	}

@@ -57,7 +57,7 @@ func TestComposeCluster(t *testing.T) {
 
 	// Start order must not matter: the coordinator and the workers come up
 	// first, with neither NATS nor MinIO there, and wait for them.
-	c.compose("up", "-d", "--no-build", "--no-deps", "--scale", "worker=3", "coordinator", "worker")
+	c.compose("up", "-d", "--no-build", "--no-deps", "--scale", "worker=3", "coordinator", "coordinator-2", "worker")
 	testutil.CheckFor(t, time.Minute, 500*time.Millisecond, func() error {
 		if logs := c.compose("logs", "--no-color", "coordinator"); !strings.Contains(logs, "waiting for the object store") {
 			return errors.New("the coordinator has not reported waiting for the object store yet")
@@ -144,6 +144,12 @@ func TestComposeCluster(t *testing.T) {
 	c.compose("up", "-d", "--no-build", "--no-deps", "--scale", "worker=3", "worker")
 	c.waitWorkers(3, nil)
 	c.waitRunning(3, nil)
+
+	t.Log("docker kill of the leading coordinator: the other takes over, the job recovers with exact state")
+	c.killLeader()
+	c.publish(200)
+	c.waitRunning(3, nil)
+	c.waitState()
 
 	t.Log("a worker outside compose, on the host, joins through the published ports")
 	host := c.startHostWorker()
@@ -642,6 +648,49 @@ func (c *cluster) checkSavepointRecord(sp subjects.SavepointResult) {
 // containerOf returns the id of the compose worker container that runs
 // worker (a worker reports its host name, which Docker sets to the
 // container's short id).
+// killLeader kills the container of the leading coordinator and waits
+// until the other one leads, within the lease TTL (10 s) + 2 s.
+func (c *cluster) killLeader() {
+	c.t.Helper()
+	var before subjects.LeaderInfo
+	testutil.CheckFor(c.t, time.Minute, 250*time.Millisecond, func() error {
+		var err error
+		before, err = c.api.Leader(c.ctx)
+		if err == nil && before.Leader == "" {
+			err = fmt.Errorf("no coordinator leads: %+v", before)
+		}
+		return err
+	})
+	// A coordinator's default name starts with its host name, which is
+	// its container's short id.
+	host, _, _ := strings.Cut(before.Leader, "-")
+	var container string
+	for _, id := range strings.Fields(c.compose("ps", "-q", "coordinator", "coordinator-2")) {
+		if host != "" && strings.HasPrefix(id, host) {
+			container = id
+		}
+	}
+	if container == "" {
+		c.t.Fatalf("the leader %s is in no coordinator container", before.Leader)
+	}
+	c.docker("kill", container)
+	killed := time.Now()
+	testutil.CheckFor(c.t, time.Minute, 100*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(c.ctx, time.Second)
+		defer cancel()
+		info, err := c.api.Leader(ctx)
+		if err == nil && (!info.Leading || info.Leader == before.Leader || info.Term <= before.Term) {
+			err = fmt.Errorf("leader %q term %d (answered by %s, leading %v)", info.Leader, info.Term, info.Answered, info.Leading)
+		}
+		return err
+	})
+	took := time.Since(killed)
+	c.t.Logf("the standby leads %s after the leader (term %d) was killed", took.Round(time.Millisecond), before.Term)
+	if took > 12*time.Second {
+		c.t.Errorf("takeover took %s, above the lease TTL (10 s) + 2 s", took.Round(time.Millisecond))
+	}
+}
+
 func (c *cluster) containerOf(worker string) string {
 	c.t.Helper()
 	ws, err := c.api.Workers(c.ctx)

@@ -38,7 +38,7 @@ func TestComposeNATSCluster(t *testing.T) {
 	t.Log("every stream and bucket flotilla created is R3")
 	// The buckets, the events stream and the job's input: its partition
 	// streams, or its one stream when the cluster lacks the mapping.
-	want := map[string]bool{"KV_FLOTILLA_COORDINATOR": true, "KV_FLOTILLA_JOBS": true, "KV_FLOTILLA_CHECKPOINTS": true, "FLOTILLA_EVENTS": true}
+	want := map[string]bool{"KV_FLOTILLA_COORDINATOR": true, "KV_FLOTILLA_LEADER": true, "KV_FLOTILLA_JOBS": true, "KV_FLOTILLA_CHECKPOINTS": true, "FLOTILLA_EVENTS": true}
 	inputs := 0
 	names := c.js.StreamNames(c.ctx)
 	for name := range names.Name() {
