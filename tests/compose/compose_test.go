@@ -284,6 +284,9 @@ func newCluster(t *testing.T, composeFiles ...string) *cluster {
 				status, _ := json.MarshalIndent(info, "", "  ")
 				all = fmt.Sprintf("job status (err %v):\n%s\n\n%s", err, status, all)
 			}
+			if c.js != nil {
+				all = c.stateReport() + "\n" + all
+			}
 			path := filepath.Join(t.ArtifactDir(), "compose.log")
 			if err := os.WriteFile(path, []byte(all), 0o644); err == nil {
 				t.Logf("full compose logs: %s", path)
@@ -763,4 +766,52 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = cryptorand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// stateReport compares, for each key, the events published, the events
+// its input stream holds and the job's state: which of the three falls
+// short says whether the producer, the stream or the job lost events.
+func (c *cluster) stateReport() string {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stored := map[string]uint64{}
+	var b strings.Builder
+	names := c.js.StreamNames(ctx)
+	for name := range names.Name() {
+		if !strings.HasPrefix(name, stream) {
+			continue
+		}
+		s, err := c.js.Stream(ctx, name)
+		if err != nil {
+			fmt.Fprintf(&b, "stream %s: %v\n", name, err)
+			continue
+		}
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(">"))
+		if err != nil {
+			fmt.Fprintf(&b, "stream %s: %v\n", name, err)
+			continue
+		}
+		st := info.State
+		leader := ""
+		if info.Cluster != nil {
+			leader = info.Cluster.Leader
+		}
+		fmt.Fprintf(&b, "stream %s: leader %s, %d messages, seq %d-%d\n", name, leader, st.Msgs, st.FirstSeq, st.LastSeq)
+		for subj, n := range st.Subjects {
+			parts := strings.Split(subj, ".")
+			stored[parts[len(parts)-1]] += n
+		}
+	}
+	for key, want := range c.truth {
+		var got int64
+		if res, err := c.api.State(ctx, job, key); err == nil && res.Found {
+			_ = json.Unmarshal(res.Value, &got)
+		}
+		mark := ""
+		if got != want || stored[key] != uint64(want) {
+			mark = "  <-"
+		}
+		fmt.Fprintf(&b, "key %s: published %d, stored %d, state %d%s\n", key, want, stored[key], got, mark)
+	}
+	return b.String()
 }
