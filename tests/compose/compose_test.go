@@ -797,6 +797,20 @@ func (c *cluster) stateReport() string {
 			leader = info.Cluster.Leader
 		}
 		fmt.Fprintf(&b, "stream %s: leader %s, %d messages, seq %d-%d\n", name, leader, st.Msgs, st.FirstSeq, st.LastSeq)
+		// The tasks' consumers: one that lags with no pull request
+		// waiting is a reader that stopped asking.
+		consumers := s.ListConsumers(ctx)
+		for ci := range consumers.Info() {
+			leader := ""
+			if ci.Cluster != nil {
+				leader = ci.Cluster.Leader
+			}
+			fmt.Fprintf(&b, "  consumer %s on %s: delivered stream seq %d, pending %d, waiting pulls %d, last active %v\n",
+				ci.Name, leader, ci.Delivered.Stream, ci.NumPending, ci.NumWaiting, ci.Delivered.Last)
+		}
+		if err := consumers.Err(); err != nil {
+			fmt.Fprintf(&b, "  consumers: %v\n", err)
+		}
 		for subj, n := range st.Subjects {
 			parts := strings.Split(subj, ".")
 			stored[parts[len(parts)-1]] += n
