@@ -112,6 +112,7 @@ func (t *task) run() {
 	for _, o := range t.older {
 		select {
 		case <-o.done:
+		case <-t.ctx.Done():
 		case <-time.After(supersedeWait):
 			t.log.Warn("superseded attempt did not stop in time", "attempt", o.ref.Attempt)
 		}
@@ -283,7 +284,9 @@ func (t *task) subscribe() ([]*nats.Subscription, error) {
 	}
 	// The subscriptions must be in place before the task reports running,
 	// so that a barrier sent after that reaches it.
-	if err := nc.Flush(); err != nil {
+	fctx, cancel := context.WithTimeout(t.ctx, t.w.cfg.RequestTimeout)
+	defer cancel()
+	if err := nc.FlushWithContext(fctx); err != nil {
 		return subs, subjects.Errorf(subjects.CodeUnavailable, "subscribe: %v", err)
 	}
 	return subs, nil

@@ -173,8 +173,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// shutdown stops every task and waits for them. It may be called more
-// than once.
 // leave tells the coordinator, best effort, that this worker is going, so
 // that its tasks move now rather than after the heartbeat timeout. It runs
 // before the tasks stop: nothing new can be deployed to a worker the
@@ -194,13 +192,32 @@ func (w *Worker) leave() {
 	}
 }
 
+// shutdown stops every task and waits for them, for at most
+// ShutdownTimeout: a task stuck in a call that never returns (NATS or a disk
+// that does not answer) is named in an error log and abandoned, so that the
+// process can exit. It may be called more than once.
 func (w *Worker) shutdown() {
 	w.mu.Lock()
 	w.closing = true
 	stop := w.table.stopAll()
 	w.mu.Unlock()
 	w.stopTasks(stop)
-	w.taskWG.Wait()
+	stopped := make(chan struct{})
+	go func() {
+		w.taskWG.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(w.cfg.ShutdownTimeout):
+		w.mu.Lock()
+		var stuck []string
+		for ref := range w.tasks {
+			stuck = append(stuck, fmt.Sprintf("%s/%d/%d", ref.Job, ref.Task, ref.Attempt))
+		}
+		w.mu.Unlock()
+		w.log.Error("tasks did not stop within the shutdown timeout; abandoning them", "tasks", stuck, "timeout", w.cfg.ShutdownTimeout)
+	}
 }
 
 // request sends req on subject and decodes the answer into resp. A missing
