@@ -489,6 +489,9 @@ func (c *Coordinator) doJM(job string, acts []jobmaster.Action, now time.Time) {
 			}()
 		case jobmaster.ReleaseSlot:
 			c.doRM(c.rm.Release(a.Allocation, now), now)
+		case jobmaster.AvoidWorker:
+			c.log.Warn("worker's local storage is full; placing tasks elsewhere", "job", job, "worker", a.Worker, "err", a.Err)
+			c.rm.StorageFailed(a.Worker, now)
 		case jobmaster.StateChanged:
 			c.log.Info("job state", "job", job, "state", a.State.String(), "reason", a.Reason)
 			e := c.jobs[job]

@@ -313,7 +313,7 @@ func restoreNativeInto(ctx context.Context, store objectstore.Store, opts Option
 	if err := downloadSnapshot(ctx, store, dbDir, man, opts.TransferConcurrency); err != nil {
 		return err
 	}
-	popts := opts.pebbleOptions(newBackendFS(filepath.Clean(dbDir), ""))
+	popts := opts.pebbleOptions(newBackendFS(filepath.Clean(dbDir), "", opts.testFS))
 	popts.ReadOnly = true
 	db, err := pebble.Open(dbDir, popts)
 	if err != nil {

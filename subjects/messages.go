@@ -92,6 +92,10 @@ type Heartbeat struct {
 	// down: the coordinator fails its tasks over at once instead of waiting
 	// for the heartbeat timeout.
 	Leaving bool `json:"leaving,omitempty"`
+	// Unhealthy, when set, says why the worker must get no new slot
+	// requests (its data directory's disk is full); its running tasks go
+	// on. Absent once it has room again.
+	Unhealthy string `json:"unhealthy,omitempty"`
 }
 
 func (*Heartbeat) MsgType() Type { return TypeHeartbeat }

@@ -307,6 +307,7 @@ func (w *Worker) heartbeat(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	missed := 0
+	health := "" // the last heartbeat's Unhealthy
 	for {
 		select {
 		case <-ctx.Done():
@@ -314,8 +315,17 @@ func (w *Worker) heartbeat(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 		slots := w.statsReport(time.Now())
+		sick := w.unhealthy()
+		if sick != health {
+			if sick != "" {
+				w.log.Error("worker unhealthy: no new tasks", "reason", sick)
+			} else {
+				w.log.Info("worker healthy again: takes new tasks", "was", health)
+			}
+			health = sick
+		}
 		w.mu.Lock()
-		hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: slots}
+		hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: slots, Unhealthy: sick}
 		w.mu.Unlock()
 		var resp subjects.HeartbeatResponse
 		err := w.request(ctx, w.ns.Heartbeat(w.name), &hb, &resp, interval)

@@ -47,6 +47,15 @@ type Cancel struct{ Req subjects.CancelTask }
 // ReleaseSlot: tell the resource manager the allocation is no longer used.
 type ReleaseSlot struct{ Allocation string }
 
+// AvoidWorker: a task failed because Worker's local storage is full; the
+// resource manager should place tasks elsewhere. It comes before the
+// ReleaseSlot of the failed task's slot, so that the slot asked for instead
+// is not asked of the same worker.
+type AvoidWorker struct {
+	Worker string
+	Err    *subjects.Error
+}
+
 // StateChanged: the job moved to State; publish an event and persist.
 type StateChanged struct {
 	State  subjects.JobState
@@ -79,6 +88,7 @@ func (Demand) isAction()          {}
 func (Deploy) isAction()          {}
 func (Cancel) isAction()          {}
 func (ReleaseSlot) isAction()     {}
+func (AvoidWorker) isAction()     {}
 func (StateChanged) isAction()    {}
 func (TaskFailed) isAction()      {}
 
@@ -205,6 +215,15 @@ func (m *Master) TaskStatus(st *subjects.TaskStatus, now time.Time) []Action {
 		err := st.Error
 		if err == nil {
 			err = subjects.Errorf(subjects.CodeInternal, "task %s unexpectedly", st.State)
+		}
+		if err.Code == subjects.CodeStorage && t.worker != "" {
+			// The worker's disk is full: give its slot back, so that the
+			// task restarts in a slot of another worker.
+			avoid := AvoidWorker{Worker: t.worker, Err: err}
+			if acts := m.fail(t, err, true, now); len(acts) > 0 {
+				return append([]Action{avoid}, acts...)
+			}
+			return nil
 		}
 		acts := m.fail(t, err, false, now)
 		if err.Code == subjects.CodeDataLoss && len(acts) > 0 {
