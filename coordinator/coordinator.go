@@ -328,6 +328,9 @@ func (c *Coordinator) loadCheckpoints(ctx context.Context, r jobRecord) (runChec
 		}
 	}
 	out.restore = restorePoints(points...)
+	if out.from != nil && r.AllowOperatorChange {
+		out.restore[len(out.restore)-1].AllowOperatorChange = true
+	}
 	return out, nil
 }
 

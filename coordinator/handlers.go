@@ -292,6 +292,7 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorCh
 			return subjects.JobInfo{}, err
 		}
 		fromKey, restore, fromRec = key, restorePoints(sp), &sp
+		restore[0].AllowOperatorChange = allowOperatorChange
 	}
 	spec, err := c.resolveInput(spec)
 	if err != nil {
@@ -322,7 +323,8 @@ func (c *Coordinator) submit(spec subjects.JobSpec, from string, allowOperatorCh
 		if fromRec != nil {
 			latest = max(latest, fromRec.ID)
 		}
-		rec := jobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: latest + 1}
+		rec := jobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: latest + 1,
+			AllowOperatorChange: allowOperatorChange && fromKey != ""}
 		c.persist(rec)
 		c.event(subjects.Event{Kind: subjects.EventJobSubmitted, Job: spec.Name, Location: from}, spec.Name)
 		c.startJob(rec, runCheckpoints{latest: latest, restore: restore, from: fromRec}, now)

@@ -235,6 +235,13 @@ type DeployTask struct {
 	Restore []statebackend.Handle `json:"restore,omitempty"`
 	// RestoredFrom is the checkpoint id the handles belong to (0: none).
 	RestoredFrom uint64 `json:"restored_from,omitempty"`
+	// RestoredOperator is the operator (and state version) whose state the
+	// handles hold, as their record says (absent for records of older
+	// builds). The worker refuses the deployment with CodeOperatorMismatch
+	// when the job's operator is another or writes another state version,
+	// unless AllowOperatorChange (the user said the change is intended).
+	RestoredOperator    *OperatorInfo `json:"restored_operator,omitempty"`
+	AllowOperatorChange bool          `json:"allow_operator_change,omitempty"`
 }
 
 func (*DeployTask) MsgType() Type { return TypeDeployTask }

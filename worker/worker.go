@@ -422,6 +422,9 @@ func (w *Worker) onDeploy(msg *nats.Msg) {
 	if err == nil {
 		op, err = newOperator(d.Spec.Operator)
 	}
+	if err == nil {
+		err = checkRestoredOperator(&d, op)
+	}
 	if err != nil {
 		w.log.Warn("deployment refused", "job", d.Job, "task", d.Task, "attempt", d.Attempt, "err", err)
 		subjects.Reply(msg, &subjects.Response{Error: subjects.AsError(err)})

@@ -137,6 +137,12 @@ type Master struct {
 type RestorePoint struct {
 	ID      uint64
 	Handles []statebackend.Handle
+	// Operator is the operator whose state the handles hold (nil: not
+	// recorded); AllowOperatorChange lets a task of another operator or
+	// state version restore them (a submit that says the change is
+	// intended, for the savepoint it restores).
+	Operator            *subjects.OperatorInfo
+	AllowOperatorChange bool
 }
 
 // New returns the master of a job with spec (defaults filled, validated)
@@ -147,7 +153,7 @@ type RestorePoint struct {
 func New(epoch uint64, spec subjects.JobSpec, restore []RestorePoint, attempts *uint64) *Master {
 	m := &Master{epoch: epoch, spec: spec, state: subjects.JobCreated, pool: map[string]*slot{}, attempts: attempts}
 	for _, r := range restore {
-		m.CheckpointCompleted(r.ID, r.Handles)
+		m.CheckpointCompleted(r)
 	}
 	for i := 0; i < spec.Parallelism; i++ {
 		m.tasks = append(m.tasks, &task{index: i, rng: subjects.TaskRange(&spec, i, spec.Parallelism)})
@@ -225,13 +231,7 @@ func (m *Master) TaskStatus(st *subjects.TaskStatus, now time.Time) []Action {
 			}
 			return nil
 		}
-		acts := m.fail(t, err, false, now)
-		if err.Code == subjects.CodeDataLoss && len(acts) > 0 {
-			// A restart would find the same events gone: the job fails,
-			// and the user decides (source.on_gap continue, or a fix).
-			return append(append(acts, JobFailed{Err: err}), m.end(subjects.JobFailed, err.Message)...)
-		}
-		return acts
+		return m.failOrEnd(m.fail(t, err, false, now), err)
 	}
 	return nil
 }
@@ -244,7 +244,19 @@ func (m *Master) DeployFailed(ref subjects.TaskRef, err *subjects.Error, now tim
 	}
 	// A worker that refuses the slot no longer holds it for us.
 	release := err.Code == subjects.CodeSlotMismatch || err.Code == subjects.CodeStaleEpoch
-	return m.fail(t, err, release, now)
+	return m.failOrEnd(m.fail(t, err, release, now), err)
+}
+
+// failOrEnd returns the actions of a task failure, and fails the job too
+// when a restart would meet the same error: input events gone (data_loss:
+// the user decides, with source.on_gap continue or a fix), or state another
+// operator or state version wrote (operator_mismatch: resubmit with
+// allow_operator_change if intended).
+func (m *Master) failOrEnd(acts []Action, err *subjects.Error) []Action {
+	if (err.Code == subjects.CodeDataLoss || err.Code == subjects.CodeOperatorMismatch) && len(acts) > 0 {
+		return append(append(acts, JobFailed{Err: err}), m.end(subjects.JobFailed, err.Message)...)
+	}
+	return acts
 }
 
 // WorkerLost voids the allocations the resource manager lost with a worker
@@ -283,13 +295,13 @@ func (m *Master) Tick(now time.Time) []Action {
 
 // CheckpointCompleted records the handles of a completed checkpoint or
 // savepoint: tasks restarted from now on restore from the newest one.
-func (m *Master) CheckpointCompleted(id uint64, handles []statebackend.Handle) {
+func (m *Master) CheckpointCompleted(rp RestorePoint) {
 	for _, r := range m.restore {
-		if r.ID == id {
+		if r.ID == rp.ID {
 			return
 		}
 	}
-	m.restore = append(m.restore, RestorePoint{ID: id, Handles: handles})
+	m.restore = append(m.restore, rp)
 	sort.Slice(m.restore, func(i, j int) bool { return m.restore[i].ID > m.restore[j].ID })
 }
 
@@ -557,6 +569,7 @@ func (m *Master) deployWaiting(now time.Time) []Action {
 			Epoch: m.epoch, Worker: s.worker, Allocation: s.alloc, TaskRef: m.ref(t),
 			Parallelism: len(m.tasks), Range: t.rng, Spec: m.spec,
 			Restore: handlesFor(rp.Handles, t.rng), RestoredFrom: rp.ID,
+			RestoredOperator: rp.Operator, AllowOperatorChange: rp.AllowOperatorChange,
 		}})
 	}
 	return acts

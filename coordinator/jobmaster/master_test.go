@@ -105,7 +105,7 @@ func TestScenarios(t *testing.T) {
 			case "completed":
 				var id uint64
 				fmt.Sscan(d.CmdArgs[0].Key, &id)
-				m.CheckpointCompleted(id, []statebackend.Handle{{Format: statebackend.FormatNative, Manifest: "all", Range: keygroup.Range{Start: 0, End: m.Spec().MaxParallelism - 1}}})
+				m.CheckpointCompleted(RestorePoint{ID: id, Handles: []statebackend.Handle{{Format: statebackend.FormatNative, Manifest: "all", Range: keygroup.Range{Start: 0, End: m.Spec().MaxParallelism - 1}}}})
 				return "ok\n"
 			case "short":
 				return format(m.SlotsShort(subjects.SlotShortage{Needed: num("needed"), Free: num("free")}, now))
