@@ -1,6 +1,7 @@
 package statebackend
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -14,6 +15,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/flotilla-io/flotilla/internal/testutil"
+	"github.com/flotilla-io/flotilla/objectstore"
 	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 )
 
@@ -186,6 +188,53 @@ func TestNoSpaceTmpfs(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close of a backend on a full tmpfs did not return")
+	}
+	checkNoLeak(t, before)
+}
+
+// A restore onto a filesystem too small for the state (a real 4 MiB tmpfs)
+// fails with an error IsNoSpace recognizes, promptly, and leaves no
+// goroutine behind.
+func TestNoSpaceRestoreTmpfs(t *testing.T) {
+	src, err := Open(t.TempDir(), Options{MaxParallelism: 8, KeyGroups: keygroup.Range{Start: 0, End: 7}, MemTableSize: 1 << 20, Logger: testLogger{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	bt := src.NewBatch()
+	rnd := rand.NewChaCha8([32]byte{3})
+	v := make([]byte, 64<<10)
+	for i := range 128 { // 8 MiB, incompressible
+		rnd.Read(v)
+		if err := bt.Put("s", fmt.Appendf(nil, "k%04d", i), v); err != nil {
+			t.Fatal(err)
+		}
+		if err := bt.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bt.Close()
+	ps, err := src.Snapshot(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := objectstore.NewMem()
+	h, err := ps.Upload(context.Background(), store, Target{SharedPrefix: "j/shared", PrivatePrefix: "j/chk-1/task-0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	dir := testutil.MountTmpfs(t, "4m")
+	before := runtime.NumGoroutine()
+	start := time.Now()
+	b, err := Restore(context.Background(), store, dir, Options{MaxParallelism: 8, KeyGroups: keygroup.Range{Start: 0, End: 7}, MemTableSize: 1 << 20, Logger: testLogger{t}}, []Handle{h})
+	t.Logf("restore of 8 MiB onto a 4 MiB tmpfs: %v after %s", err, time.Since(start).Round(time.Millisecond))
+	if err == nil {
+		b.Close()
+		t.Fatal("restore onto a full tmpfs succeeded")
+	}
+	if !IsNoSpace(err) {
+		t.Errorf("restore onto a full tmpfs: %v, want a no-space error", err)
 	}
 	checkNoLeak(t, before)
 }
