@@ -87,8 +87,7 @@ func (c *leader) doCC(job string, acts []checkpoint.Action, now time.Time) {
 			r := a.Record
 			done := a.Complete
 			c.publish(c.ns.Complete(job), &done)
-			var handles = handlesOf(r)
-			e.jm.CheckpointCompleted(r.ID, handles)
+			e.jm.CheckpointCompleted(restorePoints(r)[0])
 			kind := subjects.EventCheckpointCompleted
 			if r.Kind == subjects.KindSavepoint {
 				kind = subjects.EventSavepointCompleted
@@ -136,7 +135,11 @@ func handlesOf(r subjects.CheckpointRecord) []statebackend.Handle {
 func restorePoints(rs ...subjects.CheckpointRecord) []jobmaster.RestorePoint {
 	out := make([]jobmaster.RestorePoint, 0, len(rs))
 	for _, r := range rs {
-		out = append(out, jobmaster.RestorePoint{ID: r.ID, Handles: handlesOf(r)})
+		rp := jobmaster.RestorePoint{ID: r.ID, Handles: handlesOf(r)}
+		if op, ok := r.Operator(); ok {
+			rp.Operator = &op
+		}
+		out = append(out, rp)
 	}
 	return out
 }

@@ -258,6 +258,9 @@ func (c *leader) loadCheckpoints(ctx context.Context, r subjects.JobRecord) (run
 		}
 	}
 	out.restore = restorePoints(points...)
+	if out.from != nil && r.AllowOperatorChange {
+		out.restore[len(out.restore)-1].AllowOperatorChange = true
+	}
 	return out, nil
 }
 
@@ -431,6 +434,9 @@ func (c *leader) doJM(job string, acts []jobmaster.Action, now time.Time) {
 			}()
 		case jobmaster.ReleaseSlot:
 			c.doRM(c.rm.Release(a.Allocation, now), now)
+		case jobmaster.AvoidWorker:
+			c.log.Warn("worker's local storage is full; placing tasks elsewhere", "job", job, "worker", a.Worker, "err", a.Err)
+			c.rm.StorageFailed(a.Worker, now)
 		case jobmaster.StateChanged:
 			c.log.Info("job state", "job", job, "state", a.State.String(), "reason", a.Reason)
 			e := c.jobs[job]

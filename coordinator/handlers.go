@@ -318,6 +318,7 @@ func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange 
 			return subjects.JobInfo{}, err
 		}
 		fromKey, restore, fromRec = key, restorePoints(sp), &sp
+		restore[0].AllowOperatorChange = allowOperatorChange
 	}
 	spec, err := c.resolveInput(spec)
 	if err != nil {
@@ -351,7 +352,8 @@ func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange 
 		if fromRec != nil {
 			latest = max(latest, fromRec.ID)
 		}
-		rec := subjects.JobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: latest + 1}
+		rec := subjects.JobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: latest + 1,
+			AllowOperatorChange: allowOperatorChange && fromKey != ""}
 		c.persist(rec)
 		c.event(subjects.Event{Kind: subjects.EventJobSubmitted, Job: spec.Name, Location: from}, spec.Name)
 		c.startJob(rec, runCheckpoints{latest: latest, restore: restore, from: fromRec}, now)

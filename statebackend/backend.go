@@ -51,6 +51,8 @@ type Backend struct {
 	commitMu sync.RWMutex
 
 	closed atomic.Bool
+	// broken is set once a commit failed inside Pebble (see apply).
+	broken atomic.Bool
 
 	mu       sync.Mutex
 	snapSeq  uint64                      // attempts so far; names each attempt's uploads
@@ -117,7 +119,7 @@ func prepareDir(dir string) error {
 // openDB opens the Pebble DB in dir/db and loads the applied marks.
 func openDB(dir string, opts Options) (*Backend, error) {
 	dbDir := filepath.Clean(filepath.Join(dir, dbDirName))
-	fs := newBackendFS(dbDir, filepath.Clean(filepath.Join(dir, checkpointsDirName)))
+	fs := newBackendFS(dbDir, filepath.Clean(filepath.Join(dir, checkpointsDirName)), opts.testFS)
 	popts := opts.pebbleOptions(fs)
 	db, err := pebble.Open(dbDir, popts)
 	if err != nil {
@@ -182,6 +184,9 @@ func (b *Backend) tmpDir() string { return filepath.Join(b.dir, tmpDirName) }
 func (b *Backend) Close() error {
 	if b.closed.Swap(true) {
 		return ErrClosed
+	}
+	if b.broken.Load() {
+		return fmt.Errorf("%w: its Pebble DB in %s is abandoned, not closed (closing it would wait forever on the failed commit)", ErrBroken, b.dir)
 	}
 	if err := b.db.Close(); err != nil {
 		return fmt.Errorf("statebackend: close: %w", err)

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"syscall"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/batchrepr"
@@ -280,8 +282,17 @@ func (bt *Batch) Commit() error {
 	if bt.pb.Empty() {
 		return nil
 	}
+	if err := bt.b.checkRoom(); err != nil {
+		bt.reset()
+		return err
+	}
 	bt.b.commitMu.RLock()
-	err := bt.b.db.Apply(bt.pb, pebble.NoSync)
+	err, abandoned := bt.b.apply(bt.pb)
+	if abandoned {
+		// Pebble may still be reading the abandoned batch: it is left to
+		// it, never reset or reused.
+		bt.pb = bt.b.db.NewBatch()
+	}
 	if err == nil {
 		for _, g := range groups {
 			bt.b.applied[g-start].Store(bt.applied[g-start])
@@ -368,4 +379,54 @@ func (bt *Batch) GetIn(g int, state string, userKey []byte) ([]byte, error) {
 		return nil, err
 	}
 	return bt.get(k)
+}
+
+// apply commits pb to the DB, on its own goroutine, so that a commit Pebble
+// cannot finish does not hold the caller: a flush that met ENOSPC makes a
+// commit wait for memtable room that never comes, and a failed WAL write
+// makes it panic holding the commit lock that DB.Close takes. Once a write
+// met ENOSPC, the caller waits noSpaceGrace more; a commit still running
+// then (or one that panicked) marks the backend broken, and Close abandons
+// the DB rather than wait on it forever.
+//
+// abandoned reports that the commit is still running inside Pebble, which
+// may still read pb.
+func (b *Backend) apply(pb *pebble.Batch) (err error, abandoned bool) {
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				cause, ok := r.(error)
+				if !ok {
+					cause = fmt.Errorf("%v", r)
+				}
+				b.broken.Store(true)
+				done <- b.commitFailed(cause)
+			}
+		}()
+		done <- b.db.Apply(pb, pebble.NoSync)
+	}()
+	select {
+	case err := <-done:
+		return err, false
+	case <-b.fs.space.fullCh:
+	}
+	select {
+	case err := <-done:
+		return err, false
+	case <-time.After(noSpaceGrace):
+		b.broken.Store(true)
+		return &NoSpaceError{Dir: b.dir, Cause: fmt.Errorf("a write met ENOSPC and the commit did not finish in %s: %w", noSpaceGrace, syscall.ENOSPC)}, true
+	}
+}
+
+// noSpaceGrace is how long a commit may still take once a write met ENOSPC.
+const noSpaceGrace = time.Second
+
+// commitFailed gives a commit's failure inside Pebble its error.
+func (b *Backend) commitFailed(cause error) error {
+	if b.fs.space.full.Load() || IsNoSpace(cause) {
+		return &NoSpaceError{Dir: b.dir, Cause: cause}
+	}
+	return fmt.Errorf("%w: %v", ErrBroken, cause)
 }

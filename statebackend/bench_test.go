@@ -159,7 +159,7 @@ func BenchmarkCounterUpdates(b *testing.B) {
 	}
 	defer be.Close()
 	rawDir := b.TempDir()
-	raw, err := pebble.Open(rawDir, benchOptions(b).pebbleOptions(newBackendFS(rawDir, "")))
+	raw, err := pebble.Open(rawDir, benchOptions(b).pebbleOptions(newBackendFS(rawDir, "", nil)))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -223,7 +223,7 @@ func BenchmarkReadModifyWrite(b *testing.B) {
 	}
 	defer be.Close()
 	rawDir := b.TempDir()
-	raw, err := pebble.Open(rawDir, benchOptions(b).pebbleOptions(newBackendFS(rawDir, "")))
+	raw, err := pebble.Open(rawDir, benchOptions(b).pebbleOptions(newBackendFS(rawDir, "", nil)))
 	if err != nil {
 		b.Fatal(err)
 	}

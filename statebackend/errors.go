@@ -44,6 +44,13 @@ var (
 	// ErrSnapshotExists is returned by Snapshot for an id that is still
 	// pending.
 	ErrSnapshotExists = errors.New("statebackend: snapshot already pending")
+	// ErrNoSpace is wrapped by *NoSpaceError: the filesystem holding the
+	// backend has too little room to commit.
+	ErrNoSpace = errors.New("statebackend: no space left for state")
+	// ErrBroken is returned by Close (and wrapped by the commit error) of a
+	// backend whose Pebble DB failed in a commit: the DB is abandoned, not
+	// closed, since closing it would never return.
+	ErrBroken = errors.New("statebackend: state store failed")
 	// ErrSnapshotReleased is returned by Upload of a snapshot that was
 	// released, aborted or already uploaded.
 	ErrSnapshotReleased = errors.New("statebackend: snapshot released")

@@ -49,10 +49,21 @@ type backendFS struct {
 	// skipCopy holds WAL names whose copy into an image is moot (the image
 	// holds a link): the next io.Copy from that WAL reads nothing.
 	skipCopy map[string]bool
+
+	// space records a write that met ENOSPC (see space.go).
+	space *spaceGuard
 }
 
-func newBackendFS(dbDir, checkpointsDir string) *backendFS {
-	return &backendFS{FS: vfs.Default, dbDir: dbDir, checkpointsDir: checkpointsDir, linked: map[string]int64{}, skipCopy: map[string]bool{}}
+// newBackendFS returns the FS of the DB in dbDir over the OS filesystem,
+// which wrap (if not nil) may wrap first.
+func newBackendFS(dbDir, checkpointsDir string, wrap func(vfs.FS) vfs.FS) *backendFS {
+	fs := &backendFS{dbDir: dbDir, checkpointsDir: checkpointsDir, linked: map[string]int64{}, skipCopy: map[string]bool{}, space: newSpaceGuard()}
+	inner := vfs.Default
+	if wrap != nil {
+		inner = wrap(inner)
+	}
+	fs.FS = fs.space.wrap(inner)
+	return fs
 }
 
 func isWAL(name string) bool { return strings.HasSuffix(name, ".log") }

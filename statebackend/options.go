@@ -65,8 +65,17 @@ type Options struct {
 	// package. Pebble's informational messages are dropped.
 	Logger Logger
 
+	// MinFreeBytes is the free space the backend's filesystem must have for
+	// a commit to go ahead (see NoSpaceError); zero means
+	// MinFreeBytes(MemTableSize).
+	MinFreeBytes uint64
+
 	// testPebble, if set, adjusts the Pebble options (tests only).
 	testPebble func(*pebble.Options)
+	// testFS, if set, wraps the OS filesystem under the DB (tests only).
+	testFS func(vfs.FS) vfs.FS
+	// freeBytes measures free space; nil means FreeBytes.
+	freeBytes func(dir string) (uint64, error)
 }
 
 // Logger receives error messages.
@@ -86,6 +95,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MemTableSize == 0 {
 		o.MemTableSize = DefaultMemTableSize
+	}
+	if o.MinFreeBytes == 0 {
+		o.MinFreeBytes = MinFreeBytes(o.MemTableSize)
+	}
+	if o.freeBytes == nil {
+		o.freeBytes = FreeBytes
 	}
 	if o.CacheSize == 0 {
 		o.CacheSize = DefaultCacheSize

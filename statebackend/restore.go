@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
@@ -260,6 +261,11 @@ func restoreMerge(ctx context.Context, store objectstore.Store, dir string, opts
 	if err := b.loadApplied(); err != nil {
 		return fail(err)
 	}
+	if b.fs.space.full.Load() {
+		// A MANIFEST write met ENOSPC and was reported written (see
+		// spaceFS): the DB on disk is not what Pebble holds.
+		return fail(&NoSpaceError{Dir: b.dir, Cause: syscall.ENOSPC})
+	}
 	return b, nil
 }
 
@@ -313,7 +319,7 @@ func restoreNativeInto(ctx context.Context, store objectstore.Store, opts Option
 	if err := downloadSnapshot(ctx, store, dbDir, man, opts.TransferConcurrency); err != nil {
 		return err
 	}
-	popts := opts.pebbleOptions(newBackendFS(filepath.Clean(dbDir), ""))
+	popts := opts.pebbleOptions(newBackendFS(filepath.Clean(dbDir), "", opts.testFS))
 	popts.ReadOnly = true
 	db, err := pebble.Open(dbDir, popts)
 	if err != nil {

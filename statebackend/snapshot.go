@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -197,6 +198,12 @@ func (b *Backend) Snapshot(id uint64) (*PendingSnapshot, error) {
 	// every committed batch.
 	err := b.db.Checkpoint(p.dir, pebble.WithFlushedWAL())
 	p.walLens = b.fs.takeLinked(p.dir)
+	if err == nil && b.fs.space.full.Load() {
+		// A WAL or MANIFEST write met ENOSPC (before or during the
+		// checkpoint, which flushed the WAL): its bytes are missing, so
+		// the image is not the committed state.
+		err = &NoSpaceError{Dir: b.dir, Cause: syscall.ENOSPC}
+	}
 	if err == nil {
 		for i := range b.applied {
 			if seq := b.applied[i].Load(); seq > 0 {

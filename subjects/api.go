@@ -213,6 +213,8 @@ type WorkerInfo struct {
 	Slots         int       `json:"slots"`
 	FreeSlots     int       `json:"free_slots"`
 	LastHeartbeat time.Time `json:"last_heartbeat"`
+	// Unhealthy says why the worker gets no new tasks (Heartbeat.Unhealthy).
+	Unhealthy string `json:"unhealthy,omitempty"`
 }
 
 // WorkerList lists registered workers.

@@ -48,6 +48,7 @@ const (
 	CodeStorageUnavailable Code = 502 // object store or JetStream did not answer
 	CodeMissingObject      Code = 503 // an object a checkpoint names is absent or of another size
 	CodeDataLoss           Code = 504 // input events were evicted from their stream before they were applied
+	CodeStorage            Code = 505 // a worker's local state storage refused a write (disk full)
 	CodeUnauthorized       Code = 600 // not permitted
 	CodeInternal           Code = 900 // a bug: report it
 	CodeUnavailable        Code = 901 // the service is starting or shutting down; retry
@@ -90,6 +91,7 @@ var codeNames = map[Code]string{
 	CodeStorageUnavailable: "storage_unavailable",
 	CodeMissingObject:      "missing_object",
 	CodeDataLoss:           "data_loss",
+	CodeStorage:            "storage",
 	CodeUnauthorized:       "unauthorized",
 	CodeInternal:           "internal",
 	CodeUnavailable:        "unavailable",

@@ -92,6 +92,10 @@ type Heartbeat struct {
 	// down: the coordinator fails its tasks over at once instead of waiting
 	// for the heartbeat timeout.
 	Leaving bool `json:"leaving,omitempty"`
+	// Unhealthy, when set, says why the worker must get no new slot
+	// requests (its data directory's disk is full); its running tasks go
+	// on. Absent once it has room again.
+	Unhealthy string `json:"unhealthy,omitempty"`
 }
 
 func (*Heartbeat) MsgType() Type { return TypeHeartbeat }
@@ -231,6 +235,13 @@ type DeployTask struct {
 	Restore []statebackend.Handle `json:"restore,omitempty"`
 	// RestoredFrom is the checkpoint id the handles belong to (0: none).
 	RestoredFrom uint64 `json:"restored_from,omitempty"`
+	// RestoredOperator is the operator (and state version) whose state the
+	// handles hold, as their record says (absent for records of older
+	// builds). The worker refuses the deployment with CodeOperatorMismatch
+	// when the job's operator is another or writes another state version,
+	// unless AllowOperatorChange (the user said the change is intended).
+	RestoredOperator    *OperatorInfo `json:"restored_operator,omitempty"`
+	AllowOperatorChange bool          `json:"allow_operator_change,omitempty"`
 }
 
 func (*DeployTask) MsgType() Type { return TypeDeployTask }

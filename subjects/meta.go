@@ -16,6 +16,9 @@ type JobRecord struct {
 	// FromSavepoint is the object key of the savepoint or checkpoint the
 	// run was submitted with.
 	FromSavepoint string `json:"from_savepoint,omitempty"`
+	// AllowOperatorChange: the submit said that restoring FromSavepoint
+	// into another operator or state version is intended.
+	AllowOperatorChange bool `json:"allow_operator_change,omitempty"`
 	// FirstID is the first checkpoint id of this run: checkpoints of the
 	// job's earlier runs (lower ids) are never restored.
 	FirstID uint64 `json:"first_id"`

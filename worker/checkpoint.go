@@ -118,6 +118,11 @@ func (t *task) barrier(b *subjects.Barrier) error {
 	case statebackend.FormatNative:
 		ps, err := t.be.Snapshot(b.Checkpoint)
 		if err != nil {
+			if statebackend.IsNoSpace(err) {
+				err = t.noSpace("snapshot", err)
+				t.decline(b, subjects.AsError(err))
+				return err
+			}
 			t.decline(b, subjects.Errorf(subjects.CodeInternal, "snapshot: %v", err))
 			return nil
 		}

@@ -66,6 +66,18 @@ type Config struct {
 	// means statebackend.DefaultMemTableSize. Smaller memtables flush (and
 	// compact) sooner.
 	MemTableSize uint64
+
+	// ShutdownTimeout bounds how long Run waits, once its context is done,
+	// for its tasks to stop: tasks still running then (stuck in a NATS or
+	// disk call) are abandoned, named in an error log, and Run returns.
+	// Zero means 10 s.
+	ShutdownTimeout time.Duration
+	// InputStopTimeout bounds how long a stopping task waits for its input
+	// consumers; zero means 2 s. InputHeartbeat is the idle heartbeat of
+	// each input's pull (a consumer the server is silent about for longer
+	// is recreated); zero means the client library's default (15 s).
+	InputStopTimeout time.Duration
+	InputHeartbeat   time.Duration
 }
 
 // Defaults of Config's tuning fields.
@@ -74,6 +86,8 @@ const (
 	DefaultBatchSize         = 512
 	DefaultFlushInterval     = 100 * time.Millisecond
 	DefaultMaxPendingOutputs = 1024
+	DefaultShutdownTimeout   = 10 * time.Second
+	DefaultInputStopTimeout  = 2 * time.Second
 
 	// Registration backoff bounds: the worker retries registration with
 	// capped, jittered exponential backoff between these.
@@ -126,6 +140,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxPendingOutputs <= 0 {
 		c.MaxPendingOutputs = DefaultMaxPendingOutputs
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.InputStopTimeout <= 0 {
+		c.InputStopTimeout = DefaultInputStopTimeout
 	}
 	return c, nil
 }

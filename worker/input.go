@@ -120,12 +120,29 @@ func (t *task) consume() (<-chan inputEvent, <-chan error, func(), error) {
 	rctx, rcancel := context.WithCancel(t.ctx)
 	var readers sync.WaitGroup
 	var stops []func()
+	// stopAll stops the consumers and waits for the readers, for at most
+	// InputStopTimeout: a consumer's Stop and a reader's Next may block for
+	// as long as NATS does not answer (the ordered consumer holds its lock
+	// while it retries recreating itself), and a task must stop whatever
+	// NATS does. What is still stuck then is abandoned: a reader sends
+	// nothing after rctx is done, so it only holds memory until NATS
+	// answers or the process exits.
 	stopAll := func() {
 		rcancel()
-		for _, s := range stops {
-			s()
+		stopped := make(chan struct{})
+		go func() {
+			for _, s := range stops {
+				s()
+			}
+			readers.Wait()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(t.w.cfg.InputStopTimeout):
+			t.log.Error("input consumers did not stop in time (NATS unreachable or stalled); abandoning them",
+				"inputs", t.inputNames(), "waited", t.w.cfg.InputStopTimeout)
 		}
-		readers.Wait()
 	}
 	cctx, cancel := context.WithTimeout(t.ctx, 30*time.Second)
 	defer cancel()
@@ -165,7 +182,7 @@ func (t *task) openInput(ctx context.Context, js jetstream.JetStream, in *input)
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
 		cons, err = js.OrderedConsumer(ctx, in.Name, cfg)
 		if err == nil {
-			it, err = cons.Messages(jetstream.PullMaxMessages(2 * t.w.cfg.BatchSize))
+			it, err = cons.Messages(t.pullOpts()...)
 		}
 		if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) {
 			break
@@ -195,6 +212,17 @@ func (t *task) openInput(ctx context.Context, js jetstream.JetStream, in *input)
 		}
 	}
 	return it, stop, nil
+}
+
+// pullOpts are the options of each input's pull: up to two rounds of
+// events buffered, and, with Config.InputHeartbeat, how long the server may
+// stay silent before the consumer counts as gone and is recreated.
+func (t *task) pullOpts() []jetstream.PullMessagesOpt {
+	opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(2 * t.w.cfg.BatchSize)}
+	if hb := t.w.cfg.InputHeartbeat; hb > 0 {
+		opts = append(opts, jetstream.PullHeartbeat(hb), jetstream.PullExpiry(max(4*hb, time.Second)))
+	}
+	return opts
 }
 
 // read decodes the messages of input i and hands them over until the task

@@ -6,9 +6,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/flotilla-io/flotilla/internal/cli"
 	"github.com/flotilla-io/flotilla/internal/metrics"
@@ -52,6 +56,9 @@ type Flags struct {
 	Slots   int
 	// Metrics is the address to serve Prometheus metrics on ("": off).
 	Metrics string
+	// ShutdownTimeout bounds how long the worker waits for its tasks to
+	// stop after SIGTERM (Config.ShutdownTimeout).
+	ShutdownTimeout time.Duration
 }
 
 // ParseFlags parses Main's arguments.
@@ -65,6 +72,7 @@ func ParseFlags(args []string, output io.Writer) (Flags, error) {
 	fs.StringVar(&f.Name, "name", os.Getenv("FLOTILLA_WORKER_NAME"), "worker name (default: kept in <data>/"+IDFile+")")
 	fs.IntVar(&f.Slots, "slots", 1, "number of task slots")
 	fs.StringVar(&f.Metrics, "metrics", os.Getenv("FLOTILLA_METRICS"), "serve Prometheus metrics on this address at /metrics, e.g. 127.0.0.1:9091 (env FLOTILLA_METRICS; default off)")
+	fs.DurationVar(&f.ShutdownTimeout, "shutdown-timeout", DefaultShutdownTimeout, "after SIGTERM, how long to wait for tasks to stop before exiting anyway")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
@@ -102,8 +110,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	w, err := New(Config{Conn: nc, Namespace: ns, DataDir: f.DataDir, Slots: f.Slots, Name: f.Name, Store: store, Logger: logger})
+	defer closeConn(nc, logger)
+	w, err := New(Config{Conn: nc, Namespace: ns, DataDir: f.DataDir, Slots: f.Slots, Name: f.Name, Store: store, Logger: logger, ShutdownTimeout: f.ShutdownTimeout})
 	if err != nil {
 		return err
 	}
@@ -116,4 +124,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		logger.Info("serving metrics", "url", "http://"+addr.String()+"/metrics")
 	}
 	return w.Run(ctx)
+}
+
+// connCloseWait bounds closing the NATS connection at exit: Close flushes
+// what is buffered, which waits on a server that takes no bytes.
+const connCloseWait = 2 * time.Second
+
+// closeConn closes nc, waiting at most connCloseWait: the process exits
+// either way.
+func closeConn(nc *nats.Conn, log *slog.Logger) {
+	closed := make(chan struct{})
+	go func() {
+		nc.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(connCloseWait):
+		log.Warn("NATS connection did not close in time; exiting anyway", "waited", connCloseWait)
+	}
 }

@@ -48,6 +48,25 @@ func operatorInfo(typ string, op Operator) *subjects.OperatorInfo {
 	return &subjects.OperatorInfo{Type: typ, StateVersion: v}
 }
 
+// checkRestoredOperator refuses a deployment that would restore state
+// another operator, or another state version of it, wrote: the operator
+// would misread it. The submit may say the change is intended
+// (DeployTask.AllowOperatorChange). Records of older builds name no
+// operator and pass.
+func checkRestoredOperator(d *subjects.DeployTask, op Operator) error {
+	from := d.RestoredOperator
+	if from == nil || len(d.Restore) == 0 || d.AllowOperatorChange {
+		return nil
+	}
+	have := operatorInfo(d.Spec.Operator.Type, op)
+	if *from == *have {
+		return nil
+	}
+	return subjects.Errorf(subjects.CodeOperatorMismatch,
+		"task %d of job %s would restore checkpoint %d, which holds state of operator %q in state version %d; this worker's %q writes state version %d and would misread it. If the change is intended, submit from it with --allow-operator-change (allow_operator_change)",
+		d.Task, d.Job, d.RestoredFrom, from.Type, from.StateVersion, have.Type, have.StateVersion)
+}
+
 // Factory builds an operator for a job from its spec. It is called once per
 // task attempt; an error rejects the deployment with CodeInvalidJobSpec.
 type Factory func(spec subjects.OperatorSpec) (Operator, error)

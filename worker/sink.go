@@ -268,6 +268,12 @@ func (s *sink) close() {
 	if s.futures != nil {
 		close(s.futures)
 	}
+	if s.js != nil {
+		// The JetStream context's async publisher holds a reply
+		// subscription and a goroutine until the connection closes: one
+		// per task attempt on a worker that lives for months.
+		s.js.CleanupPublisher()
+	}
 }
 
 // outputs collects a task's outputs between two publishing rounds in one

@@ -112,6 +112,7 @@ func (t *task) run() {
 	for _, o := range t.older {
 		select {
 		case <-o.done:
+		case <-t.ctx.Done():
 		case <-time.After(supersedeWait):
 			t.log.Warn("superseded attempt did not stop in time", "attempt", o.ref.Attempt)
 		}
@@ -144,7 +145,11 @@ func (t *task) execute() (err error) {
 	}
 	defer func() {
 		t.beMu.Lock()
-		if cerr := t.be.Close(); cerr != nil && err == nil && !errors.Is(cerr, statebackend.ErrClosed) {
+		cerr := t.be.Close()
+		switch {
+		case errors.Is(cerr, statebackend.ErrBroken):
+			t.log.Error("state store abandoned after a failed commit", "err", cerr)
+		case cerr != nil && err == nil && !errors.Is(cerr, statebackend.ErrClosed):
 			err = subjects.Errorf(subjects.CodeInternal, "close state: %v", cerr)
 		}
 		t.be = nil
@@ -213,6 +218,9 @@ func (t *task) openState() error {
 	}
 	if err != nil {
 		_ = os.RemoveAll(t.dir)
+		if statebackend.IsNoSpace(err) {
+			return t.noSpace("open state", err)
+		}
 		if len(t.restore) == 0 {
 			return subjects.Errorf(subjects.CodeInternal, "open state in %s: %v", t.dir, err)
 		}
@@ -222,6 +230,14 @@ func (t *task) openState() error {
 	t.be = be
 	t.beMu.Unlock()
 	return nil
+}
+
+// noSpace is the error of a task whose state storage is full: a storage
+// error, which makes the coordinator place the task on another worker. It
+// tells the worker at once, so that its next heartbeat says it is unhealthy.
+func (t *task) noSpace(what string, err error) error {
+	t.w.diskFull(err)
+	return subjects.Errorf(subjects.CodeStorage, "%s of job %s task %d on worker %s: %v", what, t.ref.Job, t.ref.Task, t.w.name, err)
 }
 
 // restoreError gives a restore error its code.
@@ -283,7 +299,9 @@ func (t *task) subscribe() ([]*nats.Subscription, error) {
 	}
 	// The subscriptions must be in place before the task reports running,
 	// so that a barrier sent after that reaches it.
-	if err := nc.Flush(); err != nil {
+	fctx, cancel := context.WithTimeout(t.ctx, t.w.cfg.RequestTimeout)
+	defer cancel()
+	if err := nc.FlushWithContext(fctx); err != nil {
 		return subs, subjects.Errorf(subjects.CodeUnavailable, "subscribe: %v", err)
 	}
 	return subs, nil
@@ -610,6 +628,9 @@ func (t *task) commit() error {
 	}
 	if err := t.batch.Commit(); err != nil {
 		t.cache.reset()
+		if statebackend.IsNoSpace(err) {
+			return t.noSpace("commit state", err)
+		}
 		return subjects.Errorf(subjects.CodeInternal, "commit state: %v", err)
 	}
 	t.cache.committed()

@@ -173,8 +173,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// shutdown stops every task and waits for them. It may be called more
-// than once.
 // leave tells the coordinator, best effort, that this worker is going, so
 // that its tasks move now rather than after the heartbeat timeout. It runs
 // before the tasks stop: nothing new can be deployed to a worker the
@@ -194,13 +192,32 @@ func (w *Worker) leave() {
 	}
 }
 
+// shutdown stops every task and waits for them, for at most
+// ShutdownTimeout: a task stuck in a call that never returns (NATS or a disk
+// that does not answer) is named in an error log and abandoned, so that the
+// process can exit. It may be called more than once.
 func (w *Worker) shutdown() {
 	w.mu.Lock()
 	w.closing = true
 	stop := w.table.stopAll()
 	w.mu.Unlock()
 	w.stopTasks(stop)
-	w.taskWG.Wait()
+	stopped := make(chan struct{})
+	go func() {
+		w.taskWG.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(w.cfg.ShutdownTimeout):
+		w.mu.Lock()
+		var stuck []string
+		for ref := range w.tasks {
+			stuck = append(stuck, fmt.Sprintf("%s/%d/%d", ref.Job, ref.Task, ref.Attempt))
+		}
+		w.mu.Unlock()
+		w.log.Error("tasks did not stop within the shutdown timeout; abandoning them", "tasks", stuck, "timeout", w.cfg.ShutdownTimeout)
+	}
 }
 
 // request sends req on subject and decodes the answer into resp. A missing
@@ -290,6 +307,7 @@ func (w *Worker) heartbeat(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	missed := 0
+	health := "" // the last heartbeat's Unhealthy
 	for {
 		select {
 		case <-ctx.Done():
@@ -297,8 +315,17 @@ func (w *Worker) heartbeat(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 		slots := w.statsReport(time.Now())
+		sick := w.unhealthy()
+		if sick != health {
+			if sick != "" {
+				w.log.Error("worker unhealthy: no new tasks", "reason", sick)
+			} else {
+				w.log.Info("worker healthy again: takes new tasks", "was", health)
+			}
+			health = sick
+		}
 		w.mu.Lock()
-		hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: slots}
+		hb := subjects.Heartbeat{Worker: w.name, Instance: w.instance, Epoch: w.table.epoch, Slots: slots, Unhealthy: sick}
 		w.mu.Unlock()
 		var resp subjects.HeartbeatResponse
 		err := w.request(ctx, w.ns.Heartbeat(w.name), &hb, &resp, interval)
@@ -394,6 +421,9 @@ func (w *Worker) onDeploy(msg *nats.Msg) {
 	var op Operator
 	if err == nil {
 		op, err = newOperator(d.Spec.Operator)
+	}
+	if err == nil {
+		err = checkRestoredOperator(&d, op)
 	}
 	if err != nil {
 		w.log.Warn("deployment refused", "job", d.Job, "task", d.Task, "attempt", d.Attempt, "err", err)

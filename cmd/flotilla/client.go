@@ -173,9 +173,13 @@ func runWorkers(ctx context.Context, e *env, args []string) error {
 			return printJSON(e.stdout, &subjects.WorkerList{Workers: ws})
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "WORKER\tINSTANCE\tHOST\tSLOTS\tFREE\tLAST HEARTBEAT")
+		fmt.Fprintln(tw, "WORKER\tINSTANCE\tHOST\tSLOTS\tFREE\tLAST HEARTBEAT\tHEALTH")
 		for _, w := range ws {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s ago\n", w.Worker, w.Instance, w.Host, w.Slots, w.FreeSlots, time.Since(w.LastHeartbeat).Round(time.Millisecond))
+			health := "ok"
+			if w.Unhealthy != "" {
+				health = "unhealthy: " + w.Unhealthy
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s ago\t%s\n", w.Worker, w.Instance, w.Host, w.Slots, w.FreeSlots, time.Since(w.LastHeartbeat).Round(time.Millisecond), health)
 		}
 		return tw.Flush()
 	})

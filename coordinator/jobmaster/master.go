@@ -47,6 +47,15 @@ type Cancel struct{ Req subjects.CancelTask }
 // ReleaseSlot: tell the resource manager the allocation is no longer used.
 type ReleaseSlot struct{ Allocation string }
 
+// AvoidWorker: a task failed because Worker's local storage is full; the
+// resource manager should place tasks elsewhere. It comes before the
+// ReleaseSlot of the failed task's slot, so that the slot asked for instead
+// is not asked of the same worker.
+type AvoidWorker struct {
+	Worker string
+	Err    *subjects.Error
+}
+
 // StateChanged: the job moved to State; publish an event and persist.
 type StateChanged struct {
 	State  subjects.JobState
@@ -79,6 +88,7 @@ func (Demand) isAction()          {}
 func (Deploy) isAction()          {}
 func (Cancel) isAction()          {}
 func (ReleaseSlot) isAction()     {}
+func (AvoidWorker) isAction()     {}
 func (StateChanged) isAction()    {}
 func (TaskFailed) isAction()      {}
 
@@ -127,6 +137,12 @@ type Master struct {
 type RestorePoint struct {
 	ID      uint64
 	Handles []statebackend.Handle
+	// Operator is the operator whose state the handles hold (nil: not
+	// recorded); AllowOperatorChange lets a task of another operator or
+	// state version restore them (a submit that says the change is
+	// intended, for the savepoint it restores).
+	Operator            *subjects.OperatorInfo
+	AllowOperatorChange bool
 }
 
 // New returns the master of a job with spec (defaults filled, validated)
@@ -137,7 +153,7 @@ type RestorePoint struct {
 func New(epoch uint64, spec subjects.JobSpec, restore []RestorePoint, attempts *uint64) *Master {
 	m := &Master{epoch: epoch, spec: spec, state: subjects.JobCreated, pool: map[string]*slot{}, attempts: attempts}
 	for _, r := range restore {
-		m.CheckpointCompleted(r.ID, r.Handles)
+		m.CheckpointCompleted(r)
 	}
 	for i := 0; i < spec.Parallelism; i++ {
 		m.tasks = append(m.tasks, &task{index: i, rng: subjects.TaskRange(&spec, i, spec.Parallelism)})
@@ -206,13 +222,16 @@ func (m *Master) TaskStatus(st *subjects.TaskStatus, now time.Time) []Action {
 		if err == nil {
 			err = subjects.Errorf(subjects.CodeInternal, "task %s unexpectedly", st.State)
 		}
-		acts := m.fail(t, err, false, now)
-		if err.Code == subjects.CodeDataLoss && len(acts) > 0 {
-			// A restart would find the same events gone: the job fails,
-			// and the user decides (source.on_gap continue, or a fix).
-			return append(append(acts, JobFailed{Err: err}), m.end(subjects.JobFailed, err.Message)...)
+		if err.Code == subjects.CodeStorage && t.worker != "" {
+			// The worker's disk is full: give its slot back, so that the
+			// task restarts in a slot of another worker.
+			avoid := AvoidWorker{Worker: t.worker, Err: err}
+			if acts := m.fail(t, err, true, now); len(acts) > 0 {
+				return append([]Action{avoid}, acts...)
+			}
+			return nil
 		}
-		return acts
+		return m.failOrEnd(m.fail(t, err, false, now), err)
 	}
 	return nil
 }
@@ -225,7 +244,19 @@ func (m *Master) DeployFailed(ref subjects.TaskRef, err *subjects.Error, now tim
 	}
 	// A worker that refuses the slot no longer holds it for us.
 	release := err.Code == subjects.CodeSlotMismatch || err.Code == subjects.CodeStaleEpoch
-	return m.fail(t, err, release, now)
+	return m.failOrEnd(m.fail(t, err, release, now), err)
+}
+
+// failOrEnd returns the actions of a task failure, and fails the job too
+// when a restart would meet the same error: input events gone (data_loss:
+// the user decides, with source.on_gap continue or a fix), or state another
+// operator or state version wrote (operator_mismatch: resubmit with
+// allow_operator_change if intended).
+func (m *Master) failOrEnd(acts []Action, err *subjects.Error) []Action {
+	if (err.Code == subjects.CodeDataLoss || err.Code == subjects.CodeOperatorMismatch) && len(acts) > 0 {
+		return append(append(acts, JobFailed{Err: err}), m.end(subjects.JobFailed, err.Message)...)
+	}
+	return acts
 }
 
 // WorkerLost voids the allocations the resource manager lost with a worker
@@ -264,13 +295,13 @@ func (m *Master) Tick(now time.Time) []Action {
 
 // CheckpointCompleted records the handles of a completed checkpoint or
 // savepoint: tasks restarted from now on restore from the newest one.
-func (m *Master) CheckpointCompleted(id uint64, handles []statebackend.Handle) {
+func (m *Master) CheckpointCompleted(rp RestorePoint) {
 	for _, r := range m.restore {
-		if r.ID == id {
+		if r.ID == rp.ID {
 			return
 		}
 	}
-	m.restore = append(m.restore, RestorePoint{ID: id, Handles: handles})
+	m.restore = append(m.restore, rp)
 	sort.Slice(m.restore, func(i, j int) bool { return m.restore[i].ID > m.restore[j].ID })
 }
 
@@ -538,6 +569,7 @@ func (m *Master) deployWaiting(now time.Time) []Action {
 			Epoch: m.epoch, Worker: s.worker, Allocation: s.alloc, TaskRef: m.ref(t),
 			Parallelism: len(m.tasks), Range: t.rng, Spec: m.spec,
 			Restore: handlesFor(rp.Handles, t.rng), RestoredFrom: rp.ID,
+			RestoredOperator: rp.Operator, AllowOperatorChange: rp.AllowOperatorChange,
 		}})
 	}
 	return acts

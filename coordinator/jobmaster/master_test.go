@@ -19,8 +19,8 @@ import (
 //	new parallelism=2 [max=8] [restore=4]   a job master (restoring from checkpoint 4)
 //	start
 //	offer w1 0:a1 1:a2                      a worker offers slots
-//	status task=0 attempt=N running|failed|canceled|corrupt|data_loss
-//	deploy-failed task=0 attempt=N code=slot_mismatch
+//	status task=0 attempt=N running|failed|canceled|corrupt|data_loss|storage
+//	deploy-failed task=0 attempt=N code=slot_mismatch|corrupt_state|operator_mismatch
 //	lost w1 a1 a2                           the resource manager lost a worker
 //	tick 1s
 //	completed 7                             checkpoint 7 completed
@@ -81,6 +81,8 @@ func TestScenarios(t *testing.T) {
 						st.State, st.Error = subjects.TaskFailed, subjects.Errorf(subjects.CodeCorruptState, "bad checksum")
 					case "data_loss":
 						st.State, st.Error = subjects.TaskFailed, subjects.Errorf(subjects.CodeDataLoss, "events evicted")
+					case "storage":
+						st.State, st.Error = subjects.TaskFailed, subjects.Errorf(subjects.CodeStorage, "disk full")
 					}
 				}
 				return format(m.TaskStatus(st, now))
@@ -91,6 +93,8 @@ func TestScenarios(t *testing.T) {
 					code = subjects.CodeSlotMismatch
 				case "corrupt_state":
 					code = subjects.CodeCorruptState
+				case "operator_mismatch":
+					code = subjects.CodeOperatorMismatch
 				}
 				return format(m.DeployFailed(subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: attempt(arg("attempt"))}, subjects.Errorf(code, "x"), now))
 			case "lost":
@@ -105,7 +109,7 @@ func TestScenarios(t *testing.T) {
 			case "completed":
 				var id uint64
 				fmt.Sscan(d.CmdArgs[0].Key, &id)
-				m.CheckpointCompleted(id, []statebackend.Handle{{Format: statebackend.FormatNative, Manifest: "all", Range: keygroup.Range{Start: 0, End: m.Spec().MaxParallelism - 1}}})
+				m.CheckpointCompleted(RestorePoint{ID: id, Handles: []statebackend.Handle{{Format: statebackend.FormatNative, Manifest: "all", Range: keygroup.Range{Start: 0, End: m.Spec().MaxParallelism - 1}}}})
 				return "ok\n"
 			case "short":
 				return format(m.SlotsShort(subjects.SlotShortage{Needed: num("needed"), Free: num("free")}, now))
@@ -160,6 +164,8 @@ func format(acts []Action) string {
 			fmt.Fprintf(&b, "cancel task=%d attempt=%s on %s release=%v\n", a.Req.Task, attemptStr(a.Req.Attempt), a.Req.Worker, a.Req.Release)
 		case ReleaseSlot:
 			fmt.Fprintf(&b, "release %s\n", a.Allocation)
+		case AvoidWorker:
+			fmt.Fprintf(&b, "avoid worker %s: %s\n", a.Worker, a.Err.Code)
 		case StateChanged:
 			fmt.Fprintf(&b, "job %s (%s)\n", a.State, a.Reason)
 		case RestoreFallback:

@@ -91,7 +91,17 @@ type worker struct {
 	// unanswered in a row; no slot is requested from it before retryAt.
 	failures int
 	retryAt  time.Time
+	// storageFailed is when a task last failed there for lack of disk
+	// space: for StorageFailurePenalty other workers are preferred.
+	storageFailed time.Time
 }
+
+// StorageFailurePenalty is how long after a task failed for lack of disk
+// space on a worker other workers are preferred for new slots (the worker
+// reports itself unhealthy while it has too little room; this covers the
+// time until its next heartbeat says so, and a worker whose disk the task's
+// own state filled, which has room again once that state is gone).
+const StorageFailurePenalty = 5 * time.Minute
 
 // Slot request backoff: a worker whose slot requests fail (it does not
 // answer, or answers with an error) is asked again only after
@@ -103,6 +113,10 @@ const (
 	SlotBackoffInitial = 100 * time.Millisecond
 	SlotBackoffMax     = 30 * time.Second
 )
+
+func (w *worker) storageFailedWithin(now time.Time) bool {
+	return !w.storageFailed.IsZero() && now.Sub(w.storageFailed) < StorageFailurePenalty
+}
 
 func (w *worker) failed(now time.Time) {
 	w.failures++
@@ -191,6 +205,7 @@ func (m *Manager) Heartbeat(hb *subjects.Heartbeat, now time.Time) (subjects.Hea
 	}
 	w.lastSeen = now
 	w.info.LastHeartbeat = now
+	w.info.Unhealthy = hb.Unhealthy
 	// Reconcile the slot report: what the worker holds wins for allocations
 	// we know; a slot we believe requested but the worker reports free after
 	// the request timed out is given up. A slot held for an allocation we no
@@ -211,6 +226,18 @@ func (m *Manager) Heartbeat(hb *subjects.Heartbeat, now time.Time) (subjects.Hea
 		}
 	}
 	return resp, m.schedule(now)
+}
+
+// StorageFailed records that a task failed on worker for lack of disk
+// space: other workers are preferred for new slots for a while, and the
+// worker counts as unhealthy until a heartbeat says otherwise.
+func (m *Manager) StorageFailed(worker string, now time.Time) {
+	if w, ok := m.workers[worker]; ok {
+		w.storageFailed = now
+		if w.info.Unhealthy == "" {
+			w.info.Unhealthy = "a task's state storage was full"
+		}
+	}
 }
 
 // SlotRequestAnswered records the slot a worker reserved for an allocation.
@@ -392,15 +419,17 @@ func (m *Manager) schedule(now time.Time) []Action {
 }
 
 // pickWorker picks the worker of the next slot of job: one with a free slot
-// and the operator, not backing off; a worker whose last slot request
-// succeeded before one whose requests failed; then the one holding the
-// fewest of the job's slots; then the one with the most free slots.
+// and the operator, not backing off, not unhealthy; a worker where no task
+// failed for lack of disk space within StorageFailurePenalty before one
+// where one did; a worker whose last slot request succeeded before one whose
+// requests failed; then the one holding the fewest of the job's slots; then
+// the one with the most free slots.
 func (m *Manager) pickWorker(job, operator string, now time.Time) *worker {
 	var best *worker
 	bestJobSlots := 0
 	for _, id := range m.workerIDs() {
 		w := m.workers[id]
-		if w.info.FreeSlots == 0 || (operator != "" && len(w.operators) > 0 && !w.operators[operator]) || now.Before(w.retryAt) {
+		if w.info.FreeSlots == 0 || (operator != "" && len(w.operators) > 0 && !w.operators[operator]) || now.Before(w.retryAt) || w.info.Unhealthy != "" {
 			continue
 		}
 		n := 0
@@ -411,8 +440,9 @@ func (m *Manager) pickWorker(job, operator string, now time.Time) *worker {
 		}
 		better := best == nil
 		if !better {
+			ws, bs := w.storageFailedWithin(now), best.storageFailedWithin(now)
 			wf, bf := w.failures > 0, best.failures > 0
-			better = (!wf && bf) || (wf == bf && (n < bestJobSlots || (n == bestJobSlots && w.info.FreeSlots > best.info.FreeSlots)))
+			better = (!ws && bs) || (ws == bs && ((!wf && bf) || (wf == bf && (n < bestJobSlots || (n == bestJobSlots && w.info.FreeSlots > best.info.FreeSlots)))))
 		}
 		if better {
 			best, bestJobSlots = w, n

@@ -16,7 +16,8 @@ import (
 // TestScenarios runs the trace scenarios in testdata/. Commands:
 //
 //	register w1 slots=2 [ops=count,sum]   a worker registers
-//	heartbeat w1 [instance=X] [slots=0:a1-1,1:]   a heartbeat with a slot report
+//	heartbeat w1 [instance=X] [slots=0:a1-1,1:] [unhealthy=why]   a heartbeat with a slot report
+//	storage-failed w1                      a task failed there for lack of disk space
 //	tick 5s                                advance the clock and tick
 //	demand job=clicks slots=3 [op=count]   a job master's demand
 //	answered a1-1 slot=0                   a worker answered a slot request
@@ -55,7 +56,7 @@ func TestScenarios(t *testing.T) {
 						inst = "none"
 					}
 				}
-				hb := &subjects.Heartbeat{Worker: first, Instance: inst, Epoch: 1, Leaving: arg("leaving") != ""}
+				hb := &subjects.Heartbeat{Worker: first, Instance: inst, Epoch: 1, Leaving: arg("leaving") != "", Unhealthy: arg("unhealthy")}
 				if s := arg("slots"); s != "" {
 					for _, p := range strings.Split(s, ",") {
 						var slot int
@@ -85,10 +86,17 @@ func TestScenarios(t *testing.T) {
 				return format(m.SlotRequestFailed(first, now))
 			case "release":
 				return format(m.Release(first, now))
+			case "storage-failed":
+				m.StorageFailed(first, now)
+				return "ok\n"
 			case "workers":
 				var b strings.Builder
 				for _, w := range m.Workers() {
-					fmt.Fprintf(&b, "%s instance=%s slots=%d free=%d\n", w.Worker, w.Instance, w.Slots, w.FreeSlots)
+					fmt.Fprintf(&b, "%s instance=%s slots=%d free=%d", w.Worker, w.Instance, w.Slots, w.FreeSlots)
+					if w.Unhealthy != "" {
+						fmt.Fprintf(&b, " unhealthy=%q", w.Unhealthy)
+					}
+					b.WriteString("\n")
 				}
 				return b.String()
 			}

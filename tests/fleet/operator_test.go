@@ -2,10 +2,19 @@ package fleet
 
 import (
 	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/subjects"
+	"github.com/flotilla-io/flotilla/worker"
 )
 
 // TestRestoreChecksOperator: checkpoints and savepoints record the operator
@@ -72,4 +81,112 @@ func TestRestoreChecksOperator(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.checkState("again", truth, 30*time.Second)
+}
+
+// stateVersion is the state version of the vcount operator, which a test
+// raises to stand for a new build of it.
+var stateVersion atomic.Int64
+
+func init() {
+	stateVersion.Store(1)
+	worker.Register("vcount", func(subjects.OperatorSpec) (worker.Operator, error) {
+		return vcount{v: int(stateVersion.Load())}, nil
+	})
+}
+
+// vcount counts events per key and writes state format version v.
+type vcount struct{ v int }
+
+func (o vcount) StateVersion() int { return o.v }
+
+func (vcount) Process(ctx *worker.Context, ev worker.Event) error {
+	n, err := ctx.AddInt64("n", 1)
+	if err != nil {
+		return err
+	}
+	return ctx.Put(worker.ValueState, strconv.AppendInt(nil, n, 10))
+}
+
+// TestRestoreChecksStateVersion: a savepoint of an operator's state version
+// 1, restored by a build whose operator writes version 2, fails the job with
+// operator_mismatch naming both versions (the type matches, so submit
+// accepts it; the worker that would read the state refuses it) and emits
+// the failure as an event, unless the submit says the change is intended;
+// then it restores exactly.
+func TestRestoreChecksStateVersion(t *testing.T) {
+	t.Cleanup(func() { stateVersion.Store(1) })
+	f := newFleet(t)
+	f.startCoordinator()
+	f.startWorker("w1", 2)
+	f.waitWorkers(1)
+	ctx := context.Background()
+	spec := withCheckpoints(countSpec("v1", 1), 100*time.Millisecond, 1)
+	spec.Operator = subjects.OperatorSpec{Type: "vcount"}
+	if _, err := f.api.Submit(ctx, spec, 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	truth := map[string]int64{}
+	f.publish(300, 20, 5, truth)
+	f.checkState("v1", truth, 30*time.Second)
+	res, err := f.api.TriggerSavepoint(ctx, subjects.TriggerSavepoint{Job: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.api.Cancel(ctx, "v1"); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	var events []subjects.Event
+	sub, err := f.nc.Subscribe(subjects.Namespace{}.EventsAll(), func(m *nats.Msg) {
+		var ev subjects.Event
+		if subjects.Decode(m.Data, &ev) == nil && ev.Error != nil {
+			mu.Lock()
+			events = append(events, ev)
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+
+	stateVersion.Store(2) // a new build of the operator
+	spec.Name = "v2"
+	if _, err := f.api.Submit(ctx, spec, 0, res.Location); err != nil {
+		t.Fatal(err)
+	}
+	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		info, err := f.api.Status(ctx, "v2")
+		if err != nil {
+			return err
+		}
+		if info.State != subjects.JobFailed {
+			return fmt.Errorf("job v2 is %s", info.State)
+		}
+		return nil
+	})
+	mu.Lock()
+	var found *subjects.Error
+	for _, ev := range events {
+		if ev.Job == "v2" && ev.Error.Code == subjects.CodeOperatorMismatch {
+			found = ev.Error
+		}
+	}
+	mu.Unlock()
+	if found == nil {
+		t.Fatalf("no event of job v2 carries %s: %+v", subjects.CodeOperatorMismatch, events)
+	}
+	for _, want := range []string{`"vcount" in state version 1`, "state version 2", "allow-operator-change"} {
+		if !strings.Contains(found.Message, want) {
+			t.Errorf("operator_mismatch %q does not say %q", found.Message, want)
+		}
+	}
+	t.Logf("refused: %v", found)
+
+	spec.Name = "v3"
+	if _, err := f.api.SubmitJob(ctx, subjects.SubmitJob{Spec: spec, FromSavepoint: res.Location, AllowOperatorChange: true}); err != nil {
+		t.Fatal(err)
+	}
+	f.checkState("v3", truth, 30*time.Second)
 }
