@@ -78,6 +78,10 @@ type Config struct {
 	// is recreated); zero means the client library's default (15 s).
 	InputStopTimeout time.Duration
 	InputHeartbeat   time.Duration
+	// InputStallTimeout is how long an input's reader may wait for events
+	// while its stream holds later ones before the task fails with a
+	// stalled input (and restarts with new consumers); zero means 20 s.
+	InputStallTimeout time.Duration
 }
 
 // Defaults of Config's tuning fields.
@@ -88,6 +92,7 @@ const (
 	DefaultMaxPendingOutputs = 1024
 	DefaultShutdownTimeout   = 10 * time.Second
 	DefaultInputStopTimeout  = 2 * time.Second
+	DefaultInputStallTimeout = 20 * time.Second
 
 	// Registration backoff bounds: the worker retries registration with
 	// capped, jittered exponential backoff between these.
@@ -146,6 +151,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.InputStopTimeout <= 0 {
 		c.InputStopTimeout = DefaultInputStopTimeout
+	}
+	if c.InputStallTimeout <= 0 {
+		c.InputStallTimeout = DefaultInputStallTimeout
 	}
 	return c, nil
 }

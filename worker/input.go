@@ -21,6 +21,7 @@ type input struct {
 	position uint64
 	pending  uint64    // messages left in the stream after the last event
 	time     time.Time // the newest JetStream timestamp of its events read
+	watch    inputWatch
 }
 
 // inputTime returns the input time of group g: the newest timestamp read
@@ -116,7 +117,7 @@ func (t *task) consume() (<-chan inputEvent, <-chan error, func(), error) {
 	}
 	t.openInputs()
 	recs := make(chan inputEvent, t.w.cfg.BatchSize)
-	errc := make(chan error, len(t.inputs))
+	errc := make(chan error, len(t.inputs)+1)
 	rctx, rcancel := context.WithCancel(t.ctx)
 	var readers sync.WaitGroup
 	var stops []func()
@@ -164,6 +165,11 @@ func (t *task) consume() (<-chan inputEvent, <-chan error, func(), error) {
 			t.read(rctx, js, i, in, it, gap, recs, errc)
 		}()
 	}
+	readers.Add(1)
+	go func() {
+		defer readers.Done()
+		t.watchInputs(rctx, js, errc)
+	}()
 	return recs, errc, stopAll, nil
 }
 
@@ -175,6 +181,7 @@ func (t *task) openInput(ctx context.Context, js jetstream.JetStream, in *input)
 	}
 	if seq := t.startSeq(in); seq > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq
+		in.watch.read.Store(seq - 1)
 	}
 	var cons jetstream.Consumer
 	var it jetstream.MessagesContext
@@ -242,9 +249,12 @@ func (t *task) read(ctx context.Context, js jetstream.JetStream, i int, in *inpu
 		return
 	}
 	var last uint64
+	start := in.watch.read.Load() // where the consumer starts, less one
 	tok, m := t.spec.Source.Key.SubjectToken, t.m
 	for {
+		in.watch.waiting(max(last, start))
 		msg, err := it.Next()
+		in.watch.got()
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				errc <- err

@@ -772,7 +772,7 @@ func randomHex(n int) string {
 // its input stream holds and the job's state: which of the three falls
 // short says whether the producer, the stream or the job lost events.
 func (c *cluster) stateReport() string {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	stored := map[string]uint64{}
 	var b strings.Builder
