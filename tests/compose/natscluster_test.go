@@ -96,6 +96,8 @@ func TestComposeNATSCluster(t *testing.T) {
 	})
 	t.Logf("%s killed: two more checkpoints completed %s later", leader, time.Since(killed).Round(100*time.Millisecond))
 	c.waitState()
+	t.Logf("every key exact %s after the kill; tasks failed for a stalled input: %d", time.Since(killed).Round(100*time.Millisecond),
+		strings.Count(c.compose("logs", "--no-color", "worker"), "input stalled"))
 
 	t.Log("the killed server comes back")
 	c.compose("up", "-d", "--no-build", "--no-deps", service)
