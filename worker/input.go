@@ -246,42 +246,34 @@ func (t *task) read(ctx context.Context, js jetstream.JetStream, i int, in *inpu
 // parse a second time (the ordered consumer parses it once) into an
 // allocated record.
 func ackMetadata(reply string) (seq uint64, ts int64, pending uint64, ok bool) {
-	const prefix = "$JS.ACK."
-	if len(reply) < len(prefix) || reply[:len(prefix)] != prefix {
+	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")
+	if !ok {
 		return 0, 0, 0, false
 	}
-	// tokens after the prefix: v1 <stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>
-	var start [11]int // token starts, after the prefix
-	n := 1
-	rest := reply[len(prefix):]
-	for i := 0; i < len(rest); i++ {
-		if rest[i] == '.' {
-			if n < len(start) {
-				start[n] = i + 1
-			}
-			n++
+	// The tokens after the prefix: 7 in the old format, 9 or more in the
+	// new one, whose first two are the domain and the account hash.
+	var toks [9]string
+	n := 0
+	for n < len(toks) {
+		tok, next, more := strings.Cut(rest, ".")
+		toks[n], rest = tok, next
+		n++
+		if !more {
+			break
 		}
-	}
-	tok := func(j int) string {
-		end := len(rest)
-		if j+1 < n {
-			end = start[j+1] - 1
-		}
-		return rest[start[j]:end]
 	}
 	var base int
 	switch {
 	case n == 7:
 		base = 0
-	case n >= 9:
+	case n == 9:
 		base = 2
 	default:
 		return 0, 0, 0, false
 	}
-	var okS, okT, okP bool
-	seq, okS = parseDigits(tok(base + 3))
-	t, okT := parseDigits(tok(base + 5))
-	pending, okP = parseDigits(tok(base + 6))
+	seq, okS := parseDigits(toks[base+3])
+	t, okT := parseDigits(toks[base+5])
+	pending, okP := parseDigits(toks[base+6])
 	return seq, int64(t), pending, okS && okT && okP
 }
 
