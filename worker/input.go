@@ -165,7 +165,7 @@ func (t *task) openInput(ctx context.Context, js jetstream.JetStream, in *input)
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
 		cons, err = js.OrderedConsumer(ctx, in.Name, cfg)
 		if err == nil {
-			it, err = cons.Messages(jetstream.PullMaxMessages(2 * t.w.cfg.BatchSize))
+			it, err = cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(t.pullMessages(), t.pullBytes()))
 		}
 		if err == nil || errors.Is(err, jetstream.ErrStreamNotFound) {
 			break
@@ -195,6 +195,29 @@ func (t *task) openInput(ctx context.Context, js jetstream.JetStream, in *input)
 		}
 	}
 	return it, stop, nil
+}
+
+// Input pulls. Each input stream's consumer keeps up to pullMessages
+// messages requested from the server (asking for more when half are read),
+// but no more than its share of taskPullBytes. Pulls of 1,024 messages kept
+// a one-task job reading 32 partition streams stalling between pulls: it
+// read at 0.7 of a raw read of one stream, at 1.6 us of worker CPU per
+// event; with 8,192 at 1.0, at 1.3 us (BenchmarkCountJobVsRawRead).
+const (
+	pullMessages  = 8192
+	taskPullBytes = 64 << 20
+)
+
+// pullMessages is the number of messages each input consumer keeps
+// requested.
+func (t *task) pullMessages() int { return max(pullMessages, 2*t.w.cfg.BatchSize) }
+
+// pullBytes bounds the bytes each input consumer keeps requested: the
+// task's share over its streams, and never below twice the largest message
+// the server accepts, since a pull whose byte limit is below the next
+// message's size would never deliver it.
+func (t *task) pullBytes() int {
+	return max(taskPullBytes/max(len(t.inputs), 1), 2*int(t.w.nc.MaxPayload()))
 }
 
 // read decodes the messages of input i and hands them over until the task
