@@ -276,7 +276,7 @@ func (bl *backlog) runJob(name string, p int, ws []*workerProc) jobRun {
 	start := time.Now()
 	cpu0, thr0 := workersCPU(e.b, ws)
 	self0 := selfCPU()
-	testutil.CheckFor(e.b, 10*time.Minute, 5*time.Millisecond, func() error {
+	testutil.CheckFor(e.b, 10*time.Minute, 20*time.Millisecond, func() error {
 		if sent := e.workerOutMsgs() - before; sent < int64(bl.n) {
 			return fmt.Errorf("%d of %d events sent to the workers", sent, bl.n)
 		}
@@ -474,11 +474,13 @@ func BenchmarkParallelism(b *testing.B) {
 	ps := []int{1, 2, 4, 8, 16, 32}
 	rates := make([]series, len(ps))
 	amps := make([]float64, len(ps))
+	cpus := make([]series, len(ps))
 	for round := 0; round < rounds(); round++ {
 		for i, p := range ps {
 			run := bl.runJob(fmt.Sprintf("par%d-%d", p, round), p, ws)
 			rates[i].add(run.rate)
 			amps[i] = run.amp
+			cpus[i].add(float64(run.cpuPerEvent(bl.n).Nanoseconds()) / 1000)
 		}
 	}
 	base := rates[0].median()
@@ -486,7 +488,7 @@ func BenchmarkParallelism(b *testing.B) {
 	for i, p := range ps {
 		ratio := rates[i].median() / base
 		worst = min(worst, ratio)
-		b.Logf("p=%d: %s events/s, %.2fx p=1, read amplification %.2f", p, &rates[i], ratio, amps[i])
+		b.Logf("p=%d: %s events/s, %.2fx p=1, read amplification %.2f, worker CPU median %.2f us/event", p, &rates[i], ratio, amps[i], cpus[i].median())
 	}
 	b.ReportMetric(base, "p1-events/s")
 	b.ReportMetric(worst, "worst-ratio")
