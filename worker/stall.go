@@ -21,29 +21,41 @@ import (
 // running with no lag). The watchdog turns that into a task failure: the
 // task restarts from its last checkpoint with new consumers, placed anew.
 
-// inputWatch is what the watchdog knows of one input's reader.
+// inputWatch is what the watchdog knows of one input's reader. The reader
+// pays two atomic stores and an add per event; no clock reads.
 type inputWatch struct {
-	since   atomic.Int64  // unix nanos the reader has been waiting since; 0: not waiting
-	read    atomic.Uint64 // stream sequence of the last event read
-	suspect uint64        // the read sequence at which the last check found later events; watchdog only
+	inNext atomic.Bool   // the reader waits in the consumer's Next
+	n      atomic.Uint64 // events read
+	read   atomic.Uint64 // stream sequence of the last event read
+
+	// The watchdog's own: the count at its last check, since when the
+	// reader has waited with that count, and what inputStalled suspects.
+	lastN     uint64
+	idleSince time.Time
+	suspect   uint64
 }
 
-// waiting records that the reader waits for the event after seq.
-func (w *inputWatch) waiting(seq uint64) {
-	w.read.Store(seq)
-	w.since.Store(time.Now().UnixNano())
-}
+// waiting records that the reader waits for the next event.
+func (w *inputWatch) waiting() { w.inNext.Store(true) }
 
-// got records that the reader's wait is over.
-func (w *inputWatch) got() { w.since.Store(0) }
+// got records that the reader's wait is over, with the event at seq (0:
+// none, the read failed).
+func (w *inputWatch) got(seq uint64) {
+	w.inNext.Store(false)
+	if seq > 0 {
+		w.read.Store(seq)
+		w.n.Add(1)
+	}
+}
 
 // stallCheck is how often the watchdog looks at the task's inputs.
 const stallCheck = 5 * time.Second
 
 // watchInputs checks, every stallCheck, each input whose reader has waited
-// longer than Config.InputStallTimeout: if its stream holds events after the
-// last one read, at two checks in a row with nothing read in between, the
-// input is stalled and the task fails. An idle input costs one stream info
+// in Next, reading nothing, for longer than Config.InputStallTimeout (a
+// reader held by a busy task is not waiting): if its stream holds events
+// after the last one read at two checks in a row, the input is stalled and
+// the task fails. An idle input costs one stream info
 // request per check once it has waited that long.
 func (t *task) watchInputs(ctx context.Context, js jetstream.JetStream, errc chan<- error) {
 	tick := time.NewTicker(stallCheck)
@@ -70,9 +82,11 @@ func (t *task) watchInputs(ctx context.Context, js jetstream.JetStream, errc cha
 // input is stalled.
 func (t *task) checkStall(ctx context.Context, js jetstream.JetStream, in *input, now time.Time) error {
 	w := &in.watch
-	since := w.since.Load()
-	if since == 0 || now.Sub(time.Unix(0, since)) < t.w.cfg.InputStallTimeout {
-		w.suspect = 0
+	if n := w.n.Load(); !w.inNext.Load() || n != w.lastN || w.idleSince.IsZero() {
+		w.lastN, w.idleSince, w.suspect = n, now, 0
+		return nil
+	}
+	if now.Sub(w.idleSince) < t.w.cfg.InputStallTimeout {
 		return nil
 	}
 	read := w.read.Load()
@@ -89,7 +103,7 @@ func (t *task) checkStall(ctx context.Context, js jetstream.JetStream, in *input
 	if !stalled {
 		return nil
 	}
-	waited := now.Sub(time.Unix(0, since)).Round(time.Second)
+	waited := now.Sub(w.idleSince).Round(time.Second)
 	t.log.Warn("input stalled: its consumer delivers nothing while the stream holds later events; failing the task so that it restarts with new consumers",
 		"stream", in.Name, "read", read, "stream_last", last, "waited", waited)
 	return subjects.Errorf(subjects.CodeStorageUnavailable,

@@ -177,7 +177,7 @@ func (t *task) execute() (err error) {
 		return err
 	}
 
-	msgs, inputErr, stopInput, err := t.consume()
+	queue, inputErr, stopInput, err := t.consume()
 	if err != nil {
 		return err
 	}
@@ -199,7 +199,7 @@ func (t *task) execute() (err error) {
 
 	t.w.taskStateChanged(t, subjects.TaskRunning, nil)
 	t.log.Info("task running", "range", t.rng.String(), "inputs", t.inputNames(), "restored", len(t.restore) > 0)
-	return t.loop(msgs, inputErr)
+	return t.loop(queue, inputErr)
 }
 
 // openState opens a fresh backend or restores one from the deployment's
@@ -367,12 +367,13 @@ type inputEvent struct {
 	gap *subjects.InputGap
 }
 
-// loop applies input events in rounds of up to BatchSize and, between
-// rounds, publishes their outputs and serves checkpoint messages, until the
-// task is stopped or fails. State changes wait in the write-back cache and
+// loop applies input events in rounds (whatever the readers queued, at
+// most BatchSize) and, between rounds, publishes their outputs and serves
+// checkpoint messages, until the task is stopped or fails. State changes wait in the write-back cache and
 // are committed (with the applied marks) every FlushInterval, when the cache
 // is full, and at every barrier.
-func (t *task) loop(msgs <-chan inputEvent, inputErr <-chan error) error {
+func (t *task) loop(in *eventQueue, inputErr <-chan error) error {
+	evs := make([]inputEvent, 0, t.w.cfg.BatchSize)
 	flush := time.NewTimer(time.Hour)
 	flush.Stop()
 	armed := false
@@ -387,20 +388,12 @@ func (t *task) loop(msgs <-chan inputEvent, inputErr <-chan error) error {
 			return subjects.Errorf(subjects.CodeStorageUnavailable, "input streams %s: %v", t.inputNames(), err)
 		case <-t.sink.failed:
 			return t.sink.err()
-		case ev := <-msgs:
+		case <-in.ready:
 			t.clock.now = t.w.cfg.Clock.Now()
-			if err := t.apply(&ev); err != nil {
-				return err
-			}
-		more:
-			for range t.w.cfg.BatchSize - 1 {
-				select {
-				case ev := <-msgs:
-					if err := t.apply(&ev); err != nil {
-						return err
-					}
-				default:
-					break more
+			evs = in.take(evs)
+			for i := range evs {
+				if err := t.apply(&evs[i]); err != nil {
+					return err
 				}
 			}
 		case <-wake.C:

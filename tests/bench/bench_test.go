@@ -133,8 +133,14 @@ func (e *env) input(s subjects.JobSpec) []string {
 
 // publish fills subject prefix's stream with n events over keys keys.
 func (e *env) publish(prefix string, n, keys int) {
+	e.publishTo(n, func(i int) string { return prefix + ".k" + strconv.Itoa(i%keys) })
+}
+
+// publishTo publishes n events, event i to subject(i), and waits for their
+// acks.
+func (e *env) publishTo(n int, subject func(i int) string) {
 	for i := 0; i < n; i++ {
-		if _, err := e.js.PublishAsync(prefix+".k"+strconv.Itoa(i%keys), []byte(`{"v":1}`)); err != nil {
+		if _, err := e.js.PublishAsync(subject(i), []byte(`{"v":1}`)); err != nil {
 			e.b.Fatal(err)
 		}
 		if i%4096 == 4095 {
