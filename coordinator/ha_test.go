@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
 	"github.com/flotilla-io/flotilla/coordinator/election"
 	"github.com/flotilla-io/flotilla/coordinator/metastore"
 	"github.com/flotilla-io/flotilla/coordinator/metastore/metastoretest"
@@ -34,23 +35,18 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// staleLeader returns a leader of "c2" whose election machine still says
-// it acts (its deadline, on the process's clock, is close to a TTL away),
-// while on the metadata store, whose clock has moved on, its lease expired
-// and "c1" took over in a newer term: a leader paused past its lease, at
-// the first instant after it woke.
-func staleLeader(t *testing.T) (*leader, metastore.Store, *objectstore.Mem, uint64) {
+// newTestLeader returns the leader of coordinator "c2", holding the lease
+// of an in-memory metadata store whose clock the test moves.
+func newTestLeader(t *testing.T, ttl time.Duration) (*leader, metastore.Store, *objectstore.Mem, *fakeClock) {
 	t.Helper()
-	const ttl = time.Minute
 	clock := &fakeClock{now: time.Unix(1_000_000, 0)}
 	ms := metastore.NewMem(metastore.Options{LeaseTTL: ttl}, clock.Now)
 	store := objectstore.NewMem()
 	co := &Coordinator{cfg: Config{Name: "c2", Store: store, RequestTimeout: time.Second, TickInterval: 10 * time.Millisecond, Now: time.Now},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)), store: ms, metrics: newCoordMetrics(),
 		elect: election.New(election.Config{TTL: ttl})}
-	ctx := context.Background()
 	co.elect.Tick(time.Now())
-	lease, err := ms.Acquire(ctx, "c2", clock.Now())
+	lease, err := ms.Acquire(context.Background(), "c2", clock.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +55,20 @@ func staleLeader(t *testing.T) (*leader, metastore.Store, *objectstore.Mem, uint
 	}
 	done := make(chan struct{})
 	t.Cleanup(func() { close(done) })
-	l := co.newLeader(lease.Term, done)
+	return co.newLeader(lease.Term, done), ms, store, clock
+}
+
+// staleLeader returns a leader of "c2" whose election machine still says
+// it acts (its deadline, on the process's clock, is close to a TTL away),
+// while on the metadata store, whose clock has moved on, its lease expired
+// and "c1" took over in a newer term: a leader paused past its lease, at
+// the first instant after it woke.
+func staleLeader(t *testing.T) (*leader, metastore.Store, *objectstore.Mem, uint64) {
+	t.Helper()
+	const ttl = time.Minute
+	l, ms, store, clock := newTestLeader(t, ttl)
+	co, lease := l.co, metastore.Lease{Term: l.epoch}
+	ctx := context.Background()
 	if err := ms.Commit(ctx, lease.Term, metastoretest.Record(subjects.KindCheckpoint, 1)); err != nil {
 		t.Fatal(err)
 	}
@@ -135,5 +144,36 @@ func TestLoopStopsPastDeadline(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the loop of a leader that may not act kept running")
+	}
+}
+
+// TestSweepKeepsFilesOfStoredRecords: the orphan sweep keeps the files of
+// every checkpoint record still in the metadata store, even one the
+// coordinator no longer retains (its removal failed): the record must not
+// name deleted files.
+func TestSweepKeepsFilesOfStoredRecords(t *testing.T) {
+	l, ms, store, _ := newTestLeader(t, time.Minute)
+	ctx := context.Background()
+	kept := metastoretest.Record(subjects.KindCheckpoint, 1)
+	if err := ms.Commit(ctx, l.epoch, kept); err != nil {
+		t.Fatal(err)
+	}
+	orphan := "clicks/chk-2/task-0-1/snapshot.json" // of no record
+	for _, k := range append(checkpoint.Files(kept), orphan) {
+		if err := store.Put(ctx, k, strings.NewReader("x"), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The coordinator's view retains nothing.
+	l.jobs["clicks"] = &jobEntry{cc: checkpoint.New(checkpoint.Config{Job: "clicks", Parallelism: 1, MaxParallelism: 8}, nil, 0)}
+	done := make(chan int, 1)
+	l.sweepOrphans(time.Now().Add(time.Hour), time.Minute, done)
+	if n := <-done; n != 1 {
+		t.Errorf("swept %d objects, want 1 (the orphan)", n)
+	}
+	for _, k := range checkpoint.Files(kept) {
+		if _, err := store.Stat(ctx, k); err != nil {
+			t.Errorf("file %s of a stored record was swept: %v", k, err)
+		}
 	}
 }

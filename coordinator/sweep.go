@@ -85,6 +85,20 @@ func (c *leader) sweepOrphans(now time.Time, grace time.Duration, done chan<- in
 				c.log.Warn("orphan sweep: listing", "job", j.name, "err", err)
 				continue
 			}
+			// Every record still in the store references its files, even
+			// one the coordinator no longer retains: a record whose
+			// removal failed (no answer while JetStream elected a leader)
+			// stays readable, and must not name deleted files.
+			stored, _, err := c.store.Load(ctx, j.name, false)
+			if err != nil {
+				c.log.Warn("orphan sweep: reading the job's records", "job", j.name, "err", err)
+				continue
+			}
+			for _, r := range stored.Checkpoints {
+				for _, f := range checkpoint.Files(r) {
+					j.referenced[f] = true
+				}
+			}
 			var orphans []string
 		next:
 			for _, o := range objs {
