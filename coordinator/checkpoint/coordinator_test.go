@@ -17,7 +17,7 @@ import (
 
 // TestScenarios runs the trace scenarios in testdata/. Commands:
 //
-//	new parallelism=2 [interval=10s] [timeout=1m] [tolerable=0] [retained=2] [retries=1] [highest=N]
+//	new parallelism=2 [interval=10s] [timeout=1m] [tolerable=0] [retained=2] [retries=1] [highest=N] [max_concurrent=1] [min_pause=0s]
 //	tick 10s [running]            advance the clock; "running" = every task runs (attempt 1, on worker w)
 //	ack 3 task=0 [attempt=1] [worker=w] [range=0-3] [files=a,b]
 //	decline 3 task=0 [worker=w]
@@ -66,7 +66,8 @@ func TestScenarios(t *testing.T) {
 				retries, tolerable := num("retries"), num("tolerable")
 				cfg = Config{Job: "clicks", Epoch: 1, Parallelism: num("parallelism"), MaxParallelism: 8,
 					Spec: subjects.CheckpointSpec{Interval: dur("interval", 0), Timeout: dur("timeout", time.Minute),
-						MaxConcurrent: 1, TolerableFailures: &tolerable, Retained: max(num("retained"), 1), SavepointRetries: &retries}}
+						MaxConcurrent: max(num("max_concurrent"), 1), MinPause: dur("min_pause", 0),
+						TolerableFailures: &tolerable, Retained: max(num("retained"), 1), SavepointRetries: &retries}}
 				c = New(cfg, nil, uint64(num("highest")))
 				return "ok\n"
 			case "tick":
