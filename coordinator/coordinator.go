@@ -170,7 +170,11 @@ func (c *leader) setup(ctx context.Context) error {
 			return err
 		}
 		c.log.Info("resuming job", "job", r.Spec.Name, "restore_points", len(cps.restore), "latest", cps.latest)
-		c.startJob(r, cps, c.cfg.Now())
+		// Workers report the tasks they still run when they register with
+		// this term, which they do at their next heartbeat: within the
+		// heartbeat timeout, a worker that has not is lost anyway.
+		now := c.cfg.Now()
+		c.startJob(r, cps, now.Add(c.rm.HeartbeatTimeout()), now)
 	}
 	return nil
 }
@@ -304,7 +308,9 @@ func (c *leader) enqueue(f func(now time.Time)) {
 	}
 }
 
-func (c *leader) startJob(r subjects.JobRecord, cps runCheckpoints, now time.Time) {
+// startJob starts run r of a job. A job resumed by a new term (recoverUntil
+// set) first adopts the tasks workers still run, until recoverUntil.
+func (c *leader) startJob(r subjects.JobRecord, cps runCheckpoints, recoverUntil, now time.Time) {
 	r.State = subjects.JobCreated
 	if r.Spec.Partitions() > 0 && c.cfg.MapInput != nil {
 		// A server the coordinator maps at runtime forgets the mapping when
@@ -328,7 +334,11 @@ func (c *leader) startJob(r subjects.JobRecord, cps runCheckpoints, now time.Tim
 		}
 	}
 	c.jobs[r.Spec.Name] = e
-	c.doJM(r.Spec.Name, jm.Start(now), now)
+	if recoverUntil.IsZero() {
+		c.doJM(r.Spec.Name, jm.Start(now), now)
+	} else {
+		c.doJM(r.Spec.Name, jm.Recover(recoverUntil, r.FirstAttempt, now), now)
+	}
 }
 
 // checkpointTasks returns every task's current attempt and the worker it

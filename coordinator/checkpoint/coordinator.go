@@ -228,6 +228,16 @@ func New(cfg Config, retained []subjects.CheckpointRecord, highestID uint64) *Co
 	return c
 }
 
+// Above makes every checkpoint triggered from now on have an id above id:
+// a task adopted from an earlier leader term reports the highest id it took
+// a barrier for, and the ids of that term's checkpoints in flight (aborted)
+// are never reused.
+func (c *Coordinator) Above(id uint64) {
+	if id >= c.nextID {
+		c.nextID = id + 1
+	}
+}
+
 // Retained returns the retained completed checkpoints, oldest first.
 func (c *Coordinator) Retained() []subjects.CheckpointRecord { return c.retained }
 
