@@ -374,8 +374,12 @@ type Ack struct {
 	Header
 	Worker string `json:"worker"`
 	TaskRef
-	Checkpoint uint64              `json:"checkpoint"`
-	Handle     statebackend.Handle `json:"handle"`
+	Checkpoint uint64 `json:"checkpoint"`
+	// Epoch is the epoch of the barrier answered (0 from older builds): a
+	// coordinator counts only its own term's, so that an attempt it adopted
+	// cannot answer its checkpoint with an upload of the previous term's.
+	Epoch  uint64              `json:"epoch,omitempty"`
+	Handle statebackend.Handle `json:"handle"`
 	// Sync is the synchronous pause; Async the upload time.
 	Sync  Duration `json:"sync"`
 	Async Duration `json:"async"`
@@ -415,7 +419,9 @@ type Decline struct {
 	Worker string `json:"worker"`
 	TaskRef
 	Checkpoint uint64 `json:"checkpoint"`
-	Reason     *Error `json:"reason"`
+	// Epoch is the epoch of the barrier declined (0 from older builds).
+	Epoch  uint64 `json:"epoch,omitempty"`
+	Reason *Error `json:"reason"`
 }
 
 func (*Decline) MsgType() Type { return TypeDecline }

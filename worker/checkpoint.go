@@ -212,7 +212,7 @@ func (t *task) barrier(b *subjects.Barrier) error {
 			ccancel()
 			ck.answer.Store(t.decline(b, subjects.Errorf(code, "task %d: persisting checkpoint %d: %v", t.ref.Task, b.Checkpoint, err)))
 		default:
-			ack := subjects.Ack{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Handle: h, Operator: operatorInfo(t.spec.Operator.Type, t.op),
+			ack := subjects.Ack{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Epoch: b.Epoch, Handle: h, Operator: operatorInfo(t.spec.Operator.Type, t.op),
 				Sync: subjects.Duration(syncDur), Async: subjects.Duration(time.Since(start))}
 			a := &answer{subject: t.w.ns.Ack(t.ref.Job, t.w.name), msg: &ack}
 			ck.answer.Store(a)
@@ -273,7 +273,7 @@ func (t *task) abort(a *subjects.Abort) {
 func (t *task) decline(b *subjects.Barrier, reason *subjects.Error) *answer {
 	t.log.Warn("declining checkpoint", "checkpoint", b.Checkpoint, "reason", reason)
 	a := &answer{subject: t.w.ns.Decline(t.ref.Job, t.w.name),
-		msg: &subjects.Decline{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Reason: reason}}
+		msg: &subjects.Decline{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Epoch: b.Epoch, Reason: reason}}
 	t.publish(a.subject, a.msg)
 	return a
 }
