@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
 	"github.com/flotilla-io/flotilla/coordinator/jobmaster"
@@ -188,7 +189,7 @@ func (c *leader) serve(ctx context.Context, started func()) error {
 			_ = s.Unsubscribe()
 		}
 		if svc != nil {
-			_ = svc.Stop()
+			stopService(c.nc, svc)
 		}
 	}()
 	if err != nil {
@@ -197,6 +198,27 @@ func (c *leader) serve(ctx context.Context, started func()) error {
 	c.log.Info("coordinator leading", "epoch", c.epoch, "prefix", c.ns.Prefix(), "store", c.cfg.Store.Location())
 	started()
 	return c.run(ctx)
+}
+
+// stopService stops a term's user API service. micro drains the endpoints'
+// subscriptions, and a drain while the connection reconnects leaks them on
+// the server: nats.go subscribes them again on reconnecting and then
+// forgets them without unsubscribing, so that the server keeps routing a
+// share of API requests to a subscription nobody answers. A term that ends
+// while NATS is away (a leader that cannot renew its lease, typically)
+// therefore stops its service once the connection is back; meanwhile its
+// handlers answer not_leader, which clients retry.
+func stopService(nc *nats.Conn, svc micro.Service) {
+	if nc.IsConnected() || nc.IsClosed() {
+		_ = svc.Stop()
+		return
+	}
+	go func() {
+		for !nc.IsConnected() && !nc.IsClosed() {
+			time.Sleep(20 * time.Millisecond) // bounded by the connection's fate
+		}
+		_ = svc.Stop()
+	}()
 }
 
 // reportSync logs whether the JetStream servers sync every write, which
