@@ -173,6 +173,14 @@ func startCluster(t *testing.T, r *rand.Rand, clustered bool) *cluster {
 			"-heartbeat-interval", heartbeatInterval.String(), "-heartbeat-timeout", heartbeatTimeout.String())
 		co.start()
 		c.coords = append(c.coords, co)
+		if i == 0 {
+			// The first one creates the streams and buckets and leads; the
+			// other then stands by (on a fresh JetStream cluster two creating
+			// the same R3 streams at once each waited out request timeouts).
+			if _, _, err := c.leading(); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	for i := 0; i < numWorkers; i++ {
 		name := fmt.Sprintf("w%d", i+1)
