@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
 	"github.com/flotilla-io/flotilla/coordinator/jobmaster"
@@ -170,7 +171,11 @@ func (c *leader) setup(ctx context.Context) error {
 			return err
 		}
 		c.log.Info("resuming job", "job", r.Spec.Name, "restore_points", len(cps.restore), "latest", cps.latest)
-		c.startJob(r, cps, c.cfg.Now())
+		// Workers report the tasks they still run when they register with
+		// this term, which they do at their next heartbeat: within the
+		// heartbeat timeout, a worker that has not is lost anyway.
+		now := c.cfg.Now()
+		c.startJob(r, cps, now.Add(c.rm.HeartbeatTimeout()), now)
 	}
 	return nil
 }
@@ -184,7 +189,7 @@ func (c *leader) serve(ctx context.Context, started func()) error {
 			_ = s.Unsubscribe()
 		}
 		if svc != nil {
-			_ = svc.Stop()
+			stopService(c.nc, svc)
 		}
 	}()
 	if err != nil {
@@ -193,6 +198,27 @@ func (c *leader) serve(ctx context.Context, started func()) error {
 	c.log.Info("coordinator leading", "epoch", c.epoch, "prefix", c.ns.Prefix(), "store", c.cfg.Store.Location())
 	started()
 	return c.run(ctx)
+}
+
+// stopService stops a term's user API service. micro drains the endpoints'
+// subscriptions, and a drain while the connection reconnects leaks them on
+// the server: nats.go subscribes them again on reconnecting and then
+// forgets them without unsubscribing, so that the server keeps routing a
+// share of API requests to a subscription nobody answers. A term that ends
+// while NATS is away (a leader that cannot renew its lease, typically)
+// therefore stops its service once the connection is back; meanwhile its
+// handlers answer not_leader, which clients retry.
+func stopService(nc *nats.Conn, svc micro.Service) {
+	if nc.IsConnected() || nc.IsClosed() {
+		_ = svc.Stop()
+		return
+	}
+	go func() {
+		for !nc.IsConnected() && !nc.IsClosed() {
+			time.Sleep(20 * time.Millisecond) // bounded by the connection's fate
+		}
+		_ = svc.Stop()
+	}()
 }
 
 // reportSync logs whether the JetStream servers sync every write, which
@@ -307,7 +333,9 @@ func (c *leader) enqueue(f func(now time.Time)) {
 	}
 }
 
-func (c *leader) startJob(r subjects.JobRecord, cps runCheckpoints, now time.Time) {
+// startJob starts run r of a job. A job resumed by a new term (recoverUntil
+// set) first adopts the tasks workers still run, until recoverUntil.
+func (c *leader) startJob(r subjects.JobRecord, cps runCheckpoints, recoverUntil, now time.Time) {
 	r.State = subjects.JobCreated
 	if r.Spec.Partitions() > 0 && c.cfg.MapInput != nil {
 		// A server the coordinator maps at runtime forgets the mapping when
@@ -331,7 +359,11 @@ func (c *leader) startJob(r subjects.JobRecord, cps runCheckpoints, now time.Tim
 		}
 	}
 	c.jobs[r.Spec.Name] = e
-	c.doJM(r.Spec.Name, jm.Start(now), now)
+	if recoverUntil.IsZero() {
+		c.doJM(r.Spec.Name, jm.Start(now), now)
+	} else {
+		c.doJM(r.Spec.Name, jm.Recover(recoverUntil, r.FirstAttempt, now), now)
+	}
 }
 
 // checkpointTasks returns every task's current attempt and the worker it

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/flotilla-io/flotilla/coordinator/jobmaster"
+	"github.com/flotilla-io/flotilla/coordinator/resource"
 	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 	"github.com/flotilla-io/flotilla/subjects"
 )
@@ -97,10 +98,42 @@ func (c *leader) onRegister(msg *nats.Msg) {
 		return
 	}
 	c.enqueue(func(now time.Time) {
-		resp, acts := c.rm.Register(&req, now)
+		adopted, jmActs := c.adopt(&req, now)
+		resp, acts := c.rm.Register(&req, adopted, now)
 		subjects.Reply(msg, &resp)
+		if len(resp.Adopted) > 0 {
+			c.log.Info("worker registered; its running tasks adopted", "worker", req.Worker, "adopted", resp.Adopted)
+		}
 		c.doRM(acts, now)
+		for _, job := range sortedKeys(jmActs) {
+			c.doJM(job, jmActs[job], now)
+		}
 	})
+}
+
+// adopt offers the attempts a worker of an earlier term reports running to
+// their jobs' masters, which adopt them while they recover, and returns the
+// allocations adopted with the job masters' actions. A job whose attempt is
+// adopted triggers its checkpoints above every id the attempt took.
+func (c *leader) adopt(req *subjects.RegisterRequest, now time.Time) ([]resource.Allocation, map[string][]jobmaster.Action) {
+	if req.Epoch >= c.epoch {
+		return nil, nil
+	}
+	var out []resource.Allocation
+	acts := map[string][]jobmaster.Action{}
+	for _, s := range req.Running {
+		e := c.jobs[s.Job]
+		if e == nil {
+			continue
+		}
+		ok, a := e.jm.Adopt(req.Worker, s, now)
+		acts[s.Job] = append(acts[s.Job], a...)
+		if ok {
+			e.cc.Above(s.Checkpoint)
+			out = append(out, resource.Allocation{ID: s.Allocation, Job: s.Job, Worker: req.Worker, Slot: s.Slot})
+		}
+	}
+	return out, acts
 }
 
 func (c *leader) onHeartbeat(msg *nats.Msg) {
@@ -353,10 +386,10 @@ func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange 
 			latest = max(latest, fromRec.ID)
 		}
 		rec := subjects.JobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: latest + 1,
-			AllowOperatorChange: allowOperatorChange && fromKey != ""}
+			AllowOperatorChange: allowOperatorChange && fromKey != "", FirstAttempt: jobmaster.NextAttempt(c.epoch, c.attempts)}
 		c.persist(rec)
 		c.event(subjects.Event{Kind: subjects.EventJobSubmitted, Job: spec.Name, Location: from}, spec.Name)
-		c.startJob(rec, runCheckpoints{latest: latest, restore: restore, from: fromRec}, now)
+		c.startJob(rec, runCheckpoints{latest: latest, restore: restore, from: fromRec}, time.Time{}, now)
 		return c.jobInfo(c.jobs[spec.Name])
 	})
 	info.Warnings = warnings

@@ -24,6 +24,11 @@ type RegisterRequest struct {
 	Operators []string `json:"operators,omitempty"`
 	Host      string   `json:"host,omitempty"`
 	Build     string   `json:"build,omitempty"`
+	// Epoch is the highest coordinator epoch the worker has seen, and
+	// Running what its slots hold under it: a coordinator that took over
+	// adopts those attempts instead of restarting them.
+	Epoch   uint64       `json:"epoch,omitempty"`
+	Running []SlotReport `json:"running,omitempty"`
 }
 
 func (*RegisterRequest) MsgType() Type { return TypeRegisterRequest }
@@ -48,7 +53,12 @@ type RegisterResponse struct {
 	Epoch             uint64   `json:"epoch,omitempty"`
 	HeartbeatInterval Duration `json:"heartbeat_interval,omitempty"`
 	HeartbeatTimeout  Duration `json:"heartbeat_timeout,omitempty"`
-	Error             *Error   `json:"error,omitempty"`
+	// Adopted lists the allocations of RegisterRequest.Running whose
+	// attempts the coordinator adopts: the worker moves them to Epoch and
+	// keeps them running. Everything else it held under an older epoch is
+	// fenced.
+	Adopted []string `json:"adopted,omitempty"`
+	Error   *Error   `json:"error,omitempty"`
 }
 
 func (*RegisterResponse) MsgType() Type { return TypeRegisterResponse }
@@ -79,6 +89,12 @@ type SlotReport struct {
 	Skipped uint64 `json:"skipped,omitempty"`
 	// Stats are the figures of the task in the slot, if any.
 	Stats *TaskStats `json:"stats,omitempty"`
+	// Checkpoint is the highest checkpoint id whose barrier the attempt
+	// took: a coordinator that adopts the attempt triggers above it.
+	Checkpoint uint64 `json:"checkpoint,omitempty"`
+	// Range is the key groups of the attempt, reported on registration: a
+	// coordinator adopts an attempt only for the range it expects.
+	Range *keygroup.Range `json:"range,omitempty"`
 }
 
 // Heartbeat is a worker's periodic liveness signal and slot report.
@@ -369,8 +385,12 @@ type Ack struct {
 	Header
 	Worker string `json:"worker"`
 	TaskRef
-	Checkpoint uint64              `json:"checkpoint"`
-	Handle     statebackend.Handle `json:"handle"`
+	Checkpoint uint64 `json:"checkpoint"`
+	// Epoch is the epoch of the barrier answered (0 from older builds): a
+	// coordinator counts only its own term's, so that an attempt it adopted
+	// cannot answer its checkpoint with an upload of the previous term's.
+	Epoch  uint64              `json:"epoch,omitempty"`
+	Handle statebackend.Handle `json:"handle"`
 	// Sync is the synchronous pause; Async the upload time.
 	Sync  Duration `json:"sync"`
 	Async Duration `json:"async"`
@@ -410,7 +430,9 @@ type Decline struct {
 	Worker string `json:"worker"`
 	TaskRef
 	Checkpoint uint64 `json:"checkpoint"`
-	Reason     *Error `json:"reason"`
+	// Epoch is the epoch of the barrier declined (0 from older builds).
+	Epoch  uint64 `json:"epoch,omitempty"`
+	Reason *Error `json:"reason"`
 }
 
 func (*Decline) MsgType() Type { return TypeDecline }

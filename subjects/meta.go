@@ -26,6 +26,11 @@ type JobRecord struct {
 	// leader of an older term may not overwrite it. 0 in records written
 	// before leases existed.
 	Term uint64 `json:"term,omitempty"`
+	// FirstAttempt is the lowest attempt number of this run: a leader that
+	// takes over never adopts a reported attempt below it, which belongs to
+	// an earlier run of the job name. 0 in records written before adoption
+	// existed.
+	FirstAttempt uint64 `json:"first_attempt,omitempty"`
 }
 
 func (*JobRecord) MsgType() Type { return TypeJobRecord }

@@ -29,6 +29,7 @@ import (
 // checkpoint is an in-flight checkpoint of a task.
 type checkpoint struct {
 	id     uint64
+	epoch  uint64 // of its barrier
 	kind   subjects.CheckpointKind
 	cancel context.CancelFunc
 	// answer is the ack or decline sent, once the upload is over: a
@@ -67,7 +68,7 @@ func (l *barrierLog) take(id uint64) bool {
 }
 
 // control handles a checkpoint-plane message on the task goroutine.
-func (t *task) control(m subjects.Message) error {
+func (t *task) control(m any) error {
 	switch m := m.(type) {
 	case *subjects.Barrier:
 		return t.barrier(m)
@@ -75,8 +76,28 @@ func (t *task) control(m subjects.Message) error {
 		t.complete(m)
 	case *subjects.Abort:
 		t.abort(m)
+	case adopted:
+		t.adopted(m.epoch)
 	}
 	return nil
+}
+
+// adopted is handed to the task goroutine when a coordinator of epoch
+// adopted the attempt.
+type adopted struct{ epoch uint64 }
+
+// adopted aborts the checkpoints of older epochs still in flight: the
+// coordinator that triggered them is gone, and the one that adopted the
+// attempt never commits them.
+func (t *task) adopted(epoch uint64) {
+	for id, ck := range t.ckpts {
+		if ck.epoch < epoch {
+			ck.cancel()
+			delete(t.ckpts, id)
+			t.be.SnapshotAborted(id)
+			t.log.Info("checkpoint of the previous coordinator aborted", "checkpoint", id, "epoch", ck.epoch)
+		}
+	}
 }
 
 // privatePrefix is the object-key prefix of this attempt's files in the
@@ -86,12 +107,23 @@ func (t *task) privatePrefix(target string) string {
 }
 
 func (t *task) barrier(b *subjects.Barrier) error {
+	epoch := t.epoch.Load()
+	if b.Job == t.ref.Job && b.Epoch == epoch && b.Epoch > t.barrierEpoch {
+		t.barrierEpoch, t.priorBarrier = b.Epoch, t.lastBarrier.Load()
+	}
 	switch {
-	case b.Job != t.ref.Job || b.Epoch != t.epoch:
-		t.log.Debug("ignoring barrier of another epoch", "checkpoint", b.Checkpoint, "epoch", b.Epoch, "task_epoch", t.epoch)
+	case b.Job != t.ref.Job || b.Epoch != epoch:
+		t.log.Debug("ignoring barrier of another epoch", "checkpoint", b.Checkpoint, "epoch", b.Epoch, "task_epoch", epoch)
+		return nil
+	case b.Checkpoint <= t.priorBarrier:
+		// The coordinator that adopted this attempt reuses an id the
+		// previous one triggered: the two checkpoints must not share
+		// objects or bookkeeping. Its next id is above.
+		t.decline(b, subjects.Errorf(subjects.CodeCheckpointAborted, "task %d: checkpoint %d of epoch %d: the attempt took checkpoint %d under an earlier epoch",
+			t.ref.Task, b.Checkpoint, b.Epoch, t.priorBarrier))
 		return nil
 	case !t.barriers.take(b.Checkpoint):
-		if c := t.ckpts[b.Checkpoint]; c != nil {
+		if c := t.ckpts[b.Checkpoint]; c != nil && c.epoch == b.Epoch {
 			if a := c.answer.Load(); a != nil {
 				t.log.Debug("repeated barrier: answering again", "checkpoint", b.Checkpoint)
 				t.publish(a.subject, a.msg)
@@ -100,6 +132,9 @@ func (t *task) barrier(b *subjects.Barrier) error {
 		}
 		t.log.Debug("ignoring repeated barrier", "checkpoint", b.Checkpoint)
 		return nil
+	}
+	if b.Checkpoint > t.lastBarrier.Load() {
+		t.lastBarrier.Store(b.Checkpoint)
 	}
 	if err := t.markPosition(); err != nil {
 		return err
@@ -154,7 +189,7 @@ func (t *task) barrier(b *subjects.Barrier) error {
 	syncDur := time.Since(start)
 	published := t.sink.published()
 	ctx, cancel := context.WithCancel(t.ctx)
-	ck := &checkpoint{id: b.Checkpoint, kind: b.Kind, cancel: cancel}
+	ck := &checkpoint{id: b.Checkpoint, epoch: b.Epoch, kind: b.Kind, cancel: cancel}
 	t.ckpts[b.Checkpoint] = ck
 	t.asyncWG.Add(1)
 	go func() {
@@ -182,7 +217,7 @@ func (t *task) barrier(b *subjects.Barrier) error {
 			ccancel()
 			ck.answer.Store(t.decline(b, subjects.Errorf(code, "task %d: persisting checkpoint %d: %v", t.ref.Task, b.Checkpoint, err)))
 		default:
-			ack := subjects.Ack{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Handle: h, Operator: operatorInfo(t.spec.Operator.Type, t.op),
+			ack := subjects.Ack{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Epoch: b.Epoch, Handle: h, Operator: operatorInfo(t.spec.Operator.Type, t.op),
 				Sync: subjects.Duration(syncDur), Async: subjects.Duration(time.Since(start))}
 			a := &answer{subject: t.w.ns.Ack(t.ref.Job, t.w.name), msg: &ack}
 			ck.answer.Store(a)
@@ -198,7 +233,7 @@ func (t *task) barrier(b *subjects.Barrier) error {
 // files may now be shared by later snapshots. A savepoint's are not: it is
 // the user's and may be deleted independently of the checkpoints.
 func (t *task) complete(c *subjects.Complete) {
-	if c.Epoch < t.epoch {
+	if c.Epoch < t.epoch.Load() {
 		return
 	}
 	savepoint := c.Kind == subjects.KindSavepoint
@@ -222,7 +257,7 @@ func (t *task) complete(c *subjects.Complete) {
 // abort gives up a checkpoint: its upload is canceled and nothing it
 // uploaded is ever shared, nor any object the coordinator found missing.
 func (t *task) abort(a *subjects.Abort) {
-	if a.Epoch < t.epoch {
+	if a.Epoch < t.epoch.Load() {
 		return
 	}
 	if c := t.ckpts[a.Checkpoint]; c != nil {
@@ -243,7 +278,7 @@ func (t *task) abort(a *subjects.Abort) {
 func (t *task) decline(b *subjects.Barrier, reason *subjects.Error) *answer {
 	t.log.Warn("declining checkpoint", "checkpoint", b.Checkpoint, "reason", reason)
 	a := &answer{subject: t.w.ns.Decline(t.ref.Job, t.w.name),
-		msg: &subjects.Decline{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Reason: reason}}
+		msg: &subjects.Decline{Worker: t.w.name, TaskRef: t.ref, Checkpoint: b.Checkpoint, Epoch: b.Epoch, Reason: reason}}
 	t.publish(a.subject, a.msg)
 	return a
 }

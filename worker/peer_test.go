@@ -38,10 +38,13 @@ type testCoord struct {
 	offers        []subjects.SlotOffer
 	rejectOffers  bool
 	silent        bool // answer nothing (a coordinator that hangs)
-	statuses      []subjects.TaskStatus
-	acks          []subjects.Ack
-	declines      []subjects.Decline
-	subs          []*nats.Subscription
+	// adopt, if set, picks the allocations of a registration's running
+	// attempts the coordinator adopts.
+	adopt    func(req subjects.RegisterRequest) []string
+	statuses []subjects.TaskStatus
+	acks     []subjects.Ack
+	declines []subjects.Decline
+	subs     []*nats.Subscription
 }
 
 // startCoord starts a test coordinator with epoch on its own connection to s.
@@ -113,6 +116,9 @@ func (c *testCoord) onRegister(m *nats.Msg) {
 	c.registrations = append(c.registrations, req)
 	resp := subjects.RegisterResponse{Instance: inst, Epoch: c.epoch,
 		HeartbeatInterval: subjects.Duration(c.interval), HeartbeatTimeout: subjects.Duration(10 * c.interval)}
+	if c.adopt != nil {
+		resp.Adopted = c.adopt(req)
+	}
 	c.mu.Unlock()
 	c.reply(m, &resp)
 }

@@ -18,9 +18,11 @@ import (
 //     CodeEpochAhead, and it changes nothing: a forged request with epoch
 //     2^40 must not make the worker refuse the real coordinator for good. A
 //     new coordinator answers the worker's next heartbeat with
-//     CodeUnknownWorker, and the registration that follows fences: every
-//     slot reserved or allocated under a lower epoch is freed and its task
-//     stopped (a new coordinator restarts every job from its checkpoints).
+//     CodeUnknownWorker, and the registration that follows (carrying the
+//     slot report) fences: every slot reserved or allocated under a lower
+//     epoch is freed and its task stopped, except the attempts the new
+//     coordinator adopts (RegisterResponse.Adopted), which move to its
+//     epoch and keep running.
 //   - Allocations belong to the registration they were made under. A new
 //     registration (after CodeUnknownWorker, or with a new coordinator)
 //     frees every slot reserved before its request was sent: the
@@ -101,14 +103,26 @@ func (t *slotTable) observe(epoch uint64) []subjects.TaskRef {
 }
 
 // registered records a successful registration of generation gen with a
-// coordinator of epoch epoch. It frees every slot reserved under an earlier
-// registration and returns the attempts to stop. A registration answered
-// with an epoch below the highest seen is refused with CodeStaleEpoch.
-func (t *slotTable) registered(epoch, gen uint64) ([]subjects.TaskRef, error) {
+// coordinator of epoch epoch. The slots of adopted (allocations whose
+// attempts the coordinator adopts, from a registration with a higher epoch)
+// move to epoch and keep their tasks; every other slot reserved under an
+// earlier registration or epoch is freed. It returns the attempts to stop
+// and the attempts adopted. A registration answered with an epoch below the
+// highest seen is refused with CodeStaleEpoch.
+func (t *slotTable) registered(epoch, gen uint64, adopted []string) (stop, kept []subjects.TaskRef, err error) {
 	if epoch < t.epoch {
-		return nil, subjects.Errorf(subjects.CodeStaleEpoch, "registered with epoch %d, but epoch %d was seen", epoch, t.epoch)
+		return nil, nil, subjects.Errorf(subjects.CodeStaleEpoch, "registered with epoch %d, but epoch %d was seen", epoch, t.epoch)
 	}
-	stop := t.observe(epoch)
+	if epoch > t.epoch {
+		for _, a := range adopted {
+			if i := t.byAlloc(a); i >= 0 && t.slots[i].hasTask() && t.slots[i].epoch == t.epoch {
+				s := &t.slots[i]
+				s.epoch, s.gen, s.phase = epoch, gen, SlotAllocated
+				kept = append(kept, s.task)
+			}
+		}
+	}
+	stop = t.observe(epoch)
 	for i := range t.slots {
 		s := &t.slots[i]
 		if s.phase != SlotFree && s.gen < gen {
@@ -118,7 +132,7 @@ func (t *slotTable) registered(epoch, gen uint64) ([]subjects.TaskRef, error) {
 			s.free()
 		}
 	}
-	return stop, nil
+	return stop, kept, nil
 }
 
 // checkEpoch refuses a message of an epoch other than the registered one.

@@ -33,10 +33,14 @@ func code(err error) string {
 
 func (s *slotTrace) logf(format string, args ...any) { fmt.Fprintf(&s.out, format+"\n", args...) }
 
-func (s *slotTrace) register(epoch uint64) {
+func (s *slotTrace) register(epoch uint64, adopted ...string) {
 	gen := s.tbl.nextGen()
-	stop, err := s.tbl.registered(epoch, gen)
-	s.logf("register epoch=%d: %s stop=%s", epoch, code(err), refs(stop))
+	stop, kept, err := s.tbl.registered(epoch, gen, adopted)
+	if len(adopted) == 0 {
+		s.logf("register epoch=%d: %s stop=%s", epoch, code(err), refs(stop))
+		return
+	}
+	s.logf("register epoch=%d adopt=%v: %s stop=%s kept=%s", epoch, adopted, code(err), refs(stop), refs(kept))
 }
 
 func (s *slotTrace) slot(epoch uint64, alloc, job string) int {
@@ -178,7 +182,7 @@ slot c1 clicks epoch=3: ok slot=0 offer=true stop=[]
 
 func TestSlotReport(t *testing.T) {
 	tbl := newSlotTable(2)
-	tbl.registered(5, tbl.nextGen())
+	tbl.registered(5, tbl.nextGen(), nil)
 	if _, _, _, err := tbl.reserve(&subjects.SlotRequest{Epoch: 5, Worker: "w", Allocation: "x", Job: "j"}); err != nil {
 		t.Fatal(err)
 	}
@@ -221,4 +225,44 @@ func TestBarrierLog(t *testing.T) {
 			t.Fatalf("barrier %d refused", id)
 		}
 	}
+}
+
+// TestSlotTableAdoption: a coordinator that takes over adopts the attempts
+// it lists; the worker moves their slots to the new epoch and keeps them,
+// and fences everything else it held (a reserved slot, an attempt not
+// listed). Adoption applies only to a registration with a higher epoch.
+func TestSlotTableAdoption(t *testing.T) {
+	s := &slotTrace{t: t, tbl: newSlotTable(4)}
+	s.register(1)
+	s.slot(1, "a1", "clicks")
+	s.deploy(1, "a1", "clicks", 0, 1<<20|1)
+	s.slot(1, "a2", "clicks")
+	s.deploy(1, "a2", "clicks", 1, 1<<20|2)
+	s.slot(1, "a3", "clicks")
+	s.slot(1, "a4", "views")
+	s.deploy(1, "a4", "views", 0, 1<<20|3)
+	s.register(2, "a1", "a3", "a4", "zz")
+	s.slots()
+	s.cancel(1, "clicks", 0, 1<<20|1, false)
+	s.cancel(2, "views", 0, 1<<20|3, true)
+	s.slots()
+	s.register(2, "a1")
+	s.slots()
+	s.check(`
+register epoch=1: ok stop=[]
+slot a1 clicks epoch=1: ok slot=0 offer=true stop=[]
+deploy a1 clicks/0#1048577 epoch=1: ok dup=false stop=[]
+slot a2 clicks epoch=1: ok slot=1 offer=true stop=[]
+deploy a2 clicks/1#1048578 epoch=1: ok dup=false stop=[]
+slot a3 clicks epoch=1: ok slot=2 offer=true stop=[]
+slot a4 views epoch=1: ok slot=3 offer=true stop=[]
+deploy a4 views/0#1048579 epoch=1: ok dup=false stop=[]
+register epoch=2 adopt=[a1 a3 a4 zz]: ok stop=[clicks/1#1048578] kept=[clicks/0#1048577 views/0#1048579]
+  slots 0:allocated(a1 clicks e2 0#1048577 deploying) 1:free 2:free 3:allocated(a4 views e2 0#1048579 deploying)
+cancel clicks/0#1048577 release=false: stale_epoch stop=[]
+cancel views/0#1048579 release=true: ok stop=[views/0#1048579]
+  slots 0:allocated(a1 clicks e2 0#1048577 deploying) 1:free 2:free 3:free
+register epoch=2 adopt=[a1]: ok stop=[clicks/0#1048577] kept=[]
+  slots 0:free 1:free 2:free 3:free
+`)
 }

@@ -35,22 +35,28 @@ var (
 // where noted; NATS callbacks hand it barriers, completions and aborts
 // through ctl.
 type task struct {
-	w       *Worker
-	ref     subjects.TaskRef
-	epoch   uint64
-	spec    subjects.JobSpec
-	rng     keygroup.Range
-	m       int
-	restore []statebackend.Handle
-	op      Operator
-	dir     string
-	log     *slog.Logger
-	older   []*task // superseded attempts to wait for before starting
+	w   *Worker
+	ref subjects.TaskRef
+	// epoch is the coordinator epoch the attempt answers to: the deploying
+	// one, or the one of the coordinator that adopted it. Written under
+	// w.mu (adopt), read by the task goroutine.
+	epoch atomic.Uint64
+	// lastBarrier is the highest checkpoint id the attempt took a barrier
+	// for; heartbeats and registrations report it.
+	lastBarrier atomic.Uint64
+	spec        subjects.JobSpec
+	rng         keygroup.Range
+	m           int
+	restore     []statebackend.Handle
+	op          Operator
+	dir         string
+	log         *slog.Logger
+	older       []*task // superseded attempts to wait for before starting
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	done   chan struct{}
-	ctl    chan subjects.Message
+	ctl    chan any // *subjects.Barrier, *subjects.Complete, *subjects.Abort, adopted
 
 	// beMu guards be against Close for state queries, which run on NATS
 	// goroutines; the task goroutine writes be only under it.
@@ -72,8 +78,12 @@ type task struct {
 	inputs   []*input    // the streams the task reads, each with its position
 	barriers barrierLog  // barriers taken, so that a repeated one is ignored
 	ckpts    map[uint64]*checkpoint
-	asyncWG  sync.WaitGroup
-	lag      uint64 // input num_pending at the last event read
+	// barrierEpoch is the newest epoch whose barrier the attempt took, and
+	// priorBarrier the highest checkpoint id taken under older epochs: a
+	// coordinator that adopted the attempt must trigger above it.
+	barrierEpoch, priorBarrier uint64
+	asyncWG                    sync.WaitGroup
+	lag                        uint64 // input num_pending at the last event read
 
 	// skipped counts the events this attempt skipped (bad()); heartbeats
 	// read it from other goroutines.
@@ -85,7 +95,6 @@ func newTask(w *Worker, d *subjects.DeployTask, op Operator, older []*task) *tas
 	t := &task{
 		w:       w,
 		ref:     d.TaskRef,
-		epoch:   d.Epoch,
 		spec:    d.Spec,
 		rng:     d.Range,
 		m:       d.Spec.MaxParallelism,
@@ -97,10 +106,25 @@ func newTask(w *Worker, d *subjects.DeployTask, op Operator, older []*task) *tas
 		ctx:     ctx,
 		cancel:  cancel,
 		done:    make(chan struct{}),
-		ctl:     make(chan subjects.Message, 64),
+		ctl:     make(chan any, 64),
 		ckpts:   map[uint64]*checkpoint{},
 	}
+	t.epoch.Store(d.Epoch)
 	return t
+}
+
+// adopt moves the attempt to the coordinator of epoch, which adopted it:
+// from now on it takes that coordinator's barriers and ignores the older
+// ones', and its checkpoints of older epochs still in flight are aborted
+// on the task goroutine. The caller holds w.mu.
+func (t *task) adopt(epoch uint64) {
+	t.epoch.Store(epoch)
+	go func() {
+		select {
+		case t.ctl <- adopted{epoch: epoch}:
+		case <-t.ctx.Done():
+		}
+	}()
 }
 
 // stop makes the task end and report canceled. It does not wait.

@@ -243,8 +243,15 @@ func (w *Worker) register(ctx context.Context) (subjects.RegisterResponse, bool)
 	for attempt := 1; ; attempt++ {
 		w.mu.Lock()
 		gen := w.table.nextGen()
+		req := subjects.RegisterRequest{Worker: w.name, Slots: w.cfg.Slots, Operators: w.ops, Host: w.cfg.Host, Epoch: w.table.epoch}
+		for _, s := range w.slotReport() {
+			if t := w.tasks[subjects.TaskRef{Job: s.Job, Task: s.Task, Attempt: s.Attempt}]; t != nil && s.Attempt != 0 {
+				r := t.rng
+				s.Range = &r
+				req.Running = append(req.Running, s)
+			}
+		}
 		w.mu.Unlock()
-		req := subjects.RegisterRequest{Worker: w.name, Slots: w.cfg.Slots, Operators: w.ops, Host: w.cfg.Host}
 		var resp subjects.RegisterResponse
 		err := w.request(ctx, w.ns.Register(), &req, &resp, w.cfg.RequestTimeout)
 		if err == nil && resp.Error != nil {
@@ -252,15 +259,20 @@ func (w *Worker) register(ctx context.Context) (subjects.RegisterResponse, bool)
 		}
 		if err == nil {
 			w.mu.Lock()
-			stop, rerr := w.table.registered(resp.Epoch, gen)
+			stop, kept, rerr := w.table.registered(resp.Epoch, gen, resp.Adopted)
 			if rerr == nil {
 				w.instance = resp.Instance
+			}
+			for _, ref := range kept {
+				if t := w.tasks[ref]; t != nil {
+					t.adopt(resp.Epoch)
+				}
 			}
 			w.mu.Unlock()
 			w.stopTasks(stop)
 			if rerr == nil {
 				w.log.Info("registered", "instance", resp.Instance, "epoch", resp.Epoch,
-					"heartbeat", resp.HeartbeatInterval.D(), "fenced_tasks", len(stop))
+					"heartbeat", resp.HeartbeatInterval.D(), "fenced_tasks", len(stop), "adopted_tasks", len(kept))
 				return resp, true
 			}
 			err = rerr
@@ -292,6 +304,7 @@ func (w *Worker) slotReport() []subjects.SlotReport {
 		}
 		if t := w.tasks[subjects.TaskRef{Job: r[i].Job, Task: r[i].Task, Attempt: r[i].Attempt}]; t != nil {
 			r[i].Skipped = t.skipped.Load()
+			r[i].Checkpoint = t.lastBarrier.Load()
 		}
 	}
 	return r

@@ -14,6 +14,7 @@ import (
 
 	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
@@ -321,4 +322,91 @@ func TestClosedConnectionStopsTasks(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAdoptedTasksKeepRunning: a coordinator of a newer term adopts one of
+// the two attempts the worker reports when it registers. The adopted one
+// runs on with its state, answers the new epoch's barriers and no longer
+// the old one's, and declines a new-epoch barrier whose id it took under
+// the old epoch; the other is fenced.
+func TestAdoptedTasksKeepRunning(t *testing.T) {
+	s := testutil.RunNATS(t)
+	c := startCoord(t, s, 1)
+	w := testWorker(t, s, Config{Slots: 2})
+	j := newTestJob(t, s, "adopted", 2)
+	r0 := j.deploy(c, w, 0, 1<<20|1, nil)
+	r1 := j.deploy(c, w, 1, 1<<20|2, nil)
+	c.waitStatus(r0, subjects.TaskRunning)
+	c.waitStatus(r1, subjects.TaskRunning)
+	j.publish(t, 40)
+	j.waitCount(t, 40)
+	barrier := func(id, epoch uint64) {
+		c.publish(c.ns.Barrier(j.spec.Name), &subjects.Barrier{Epoch: epoch, Job: j.spec.Name, Checkpoint: id,
+			Kind: subjects.KindCheckpoint, Format: statebackend.FormatNative, Target: fmt.Sprintf("adopted/chk-%d", id), Shared: "adopted/shared", Timestamp: time.Now()})
+	}
+	barrier(5, 1)
+	if ack, _ := c.waitAck(r0, 5); ack == nil || ack.Epoch != 1 {
+		t.Fatalf("checkpoint 5 of epoch 1: %+v", ack)
+	}
+
+	alloc0 := fmt.Sprintf("%s-t0-a%d", j.spec.Name, r0.Attempt)
+	var report []subjects.SlotReport
+	c.mu.Lock()
+	c.adopt = func(req subjects.RegisterRequest) []string {
+		report = req.Running
+		return []string{alloc0}
+	}
+	c.mu.Unlock()
+	c.restart(2)
+	c.waitStatus(r1, subjects.TaskCanceled)
+	testutil.CheckFor(t, waitLong, 10*time.Millisecond, func() error {
+		if w.Epoch() != 2 {
+			return fmt.Errorf("epoch %d", w.Epoch())
+		}
+		return nil
+	})
+	c.mu.Lock()
+	if len(report) != 2 || report[0].Checkpoint != 5 || report[0].Range == nil || *report[0].Range != j.rangeOf(report[0].Task) {
+		t.Errorf("running attempts reported on registering: %+v", report)
+	}
+	c.mu.Unlock()
+	for _, sl := range w.Slots() {
+		if sl.Allocation == alloc0 && (sl.Epoch != 2 || sl.Task != r0) {
+			t.Errorf("adopted slot %+v", sl)
+		}
+	}
+	if st, _ := c.lastStatus(r0); st != subjects.TaskRunning {
+		t.Fatalf("adopted task is %s", st)
+	}
+
+	// The old epoch's barriers are ignored; a new-epoch barrier reusing an
+	// id the attempt took is declined; the next one is acked for epoch 2.
+	barrier(6, 1)
+	barrier(5, 2)
+	testutil.CheckFor(t, waitLong, 10*time.Millisecond, func() error {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, d := range c.declines {
+			if d.TaskRef == r0 && d.Checkpoint == 5 && d.Epoch == 2 && d.Reason.Code == subjects.CodeCheckpointAborted {
+				return nil
+			}
+		}
+		return errors.New("barrier 5 of epoch 2 not declined")
+	})
+	barrier(7, 2)
+	if ack, _ := c.waitAck(r0, 7); ack == nil || ack.Epoch != 2 {
+		t.Fatalf("checkpoint 7 of epoch 2: %+v", ack)
+	}
+	c.mu.Lock()
+	for _, a := range c.acks {
+		if a.Checkpoint == 6 {
+			t.Errorf("acked checkpoint 6 of epoch 1 after the adoption: %+v", a)
+		}
+	}
+	c.mu.Unlock()
+
+	// The adopted task kept its state: counts of its key groups go on from
+	// where they were.
+	j.publish(t, 40)
+	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error { return j.checkCounts(t, j.rangeOf(0)) })
 }

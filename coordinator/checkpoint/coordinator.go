@@ -228,6 +228,16 @@ func New(cfg Config, retained []subjects.CheckpointRecord, highestID uint64) *Co
 	return c
 }
 
+// Above makes every checkpoint triggered from now on have an id above id:
+// a task adopted from an earlier leader term reports the highest id it took
+// a barrier for, and the ids of that term's checkpoints in flight (aborted)
+// are never reused.
+func (c *Coordinator) Above(id uint64) {
+	if id >= c.nextID {
+		c.nextID = id + 1
+	}
+}
+
 // Retained returns the retained completed checkpoints, oldest first.
 func (c *Coordinator) Retained() []subjects.CheckpointRecord { return c.retained }
 
@@ -327,7 +337,7 @@ func (c *Coordinator) trigger(kind subjects.CheckpointKind, format statebackend.
 }
 
 // Ack records a task's ack. Acks for unknown, aborted or completed
-// checkpoints, from attempts that did not get the barrier or from a worker
+// checkpoints, of another epoch's barrier, from attempts that did not get the barrier or from a worker
 // other than the one the attempt was deployed to, with a handle of the
 // wrong format or for key groups other than the task's, and duplicates are
 // ignored.
@@ -338,6 +348,8 @@ func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 		return nil, fmt.Sprintf("ack for checkpoint %d, which is not pending", a.Checkpoint)
 	case p.phase != collecting:
 		return nil, fmt.Sprintf("late ack for checkpoint %d", a.Checkpoint)
+	case a.Epoch != 0 && a.Epoch != c.cfg.Epoch:
+		return nil, fmt.Sprintf("ack for checkpoint %d of epoch %d, not this epoch %d", a.Checkpoint, a.Epoch, c.cfg.Epoch)
 	case p.attempts[a.Task] != a.Attempt || a.Job != c.cfg.Job:
 		return nil, fmt.Sprintf("ack for checkpoint %d from task %d attempt %d, which did not get its barrier", a.Checkpoint, a.Task, a.Attempt)
 	case p.workers[a.Task] != a.Worker:
@@ -372,7 +384,8 @@ func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 // only from the attempt that got the barrier, on the worker it runs on.
 func (c *Coordinator) Decline(d *subjects.Decline, now time.Time) []Action {
 	p := c.pending[d.Checkpoint]
-	if p == nil || p.phase != collecting || p.attempts[d.Task] != d.Attempt || p.workers[d.Task] != d.Worker {
+	if p == nil || p.phase != collecting || p.attempts[d.Task] != d.Attempt || p.workers[d.Task] != d.Worker ||
+		(d.Epoch != 0 && d.Epoch != c.cfg.Epoch) {
 		return nil
 	}
 	return c.abort(p, subjects.Errorf(subjects.CodeCheckpointDeclined, "task %d declined %s %d: %s", d.Task, p.kind, p.id, d.Reason.Message), true, now)

@@ -104,7 +104,11 @@ func TestScenarios(t *testing.T) {
 				if r := arg("range"); r != "" {
 					fmt.Sscanf(r, "%d-%d", &rng.Start, &rng.End)
 				}
-				acts, ignored := c.Ack(&subjects.Ack{Worker: worker, Checkpoint: id(),
+				var epoch uint64
+				if e := arg("epoch"); e != "" {
+					epoch = uint64(num("epoch"))
+				}
+				acts, ignored := c.Ack(&subjects.Ack{Worker: worker, Checkpoint: id(), Epoch: epoch,
 					TaskRef: subjects.TaskRef{Job: "clicks", Task: task, Attempt: attempt},
 					Handle: statebackend.Handle{Version: 1, Format: format_, Manifest: manifest, Files: files, Size: 10, Uploaded: 5,
 						Range: rng}}, now)
@@ -117,7 +121,11 @@ func TestScenarios(t *testing.T) {
 				if w := arg("worker"); w != "" {
 					worker = w
 				}
-				return out(c.Decline(&subjects.Decline{Worker: worker, Checkpoint: id(),
+				var epoch uint64
+				if e := arg("epoch"); e != "" {
+					epoch = uint64(num("epoch"))
+				}
+				return out(c.Decline(&subjects.Decline{Worker: worker, Checkpoint: id(), Epoch: epoch,
 					TaskRef: subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: 1},
 					Reason:  subjects.Errorf(subjects.CodeStorageUnavailable, "s3 down")}, now))
 			case "metadata", "commit":

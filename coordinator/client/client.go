@@ -55,6 +55,41 @@ func (c *Client) call(ctx context.Context, subject string, req, resp subjects.Me
 // retryInterval is how often call retries while no coordinator leads.
 const retryInterval = 250 * time.Millisecond
 
+// firstReadAttempt bounds the first attempt of a read-only request; each
+// further attempt may take half as long again as the first more.
+const firstReadAttempt = time.Second
+
+// read is call for requests that change nothing (status, lists, state
+// queries), which are also sent again when an attempt gets no answer in
+// time: a leader that is paused rather than dead (SIGSTOP, a suspended VM)
+// keeps its subscriptions on the server until the server finds the
+// connection stale, and swallows the requests routed to it, while the new
+// leader answers the others. Attempts get longer (1 s, 1.5 s, 2 s, ...)
+// so that a slow answer still arrives.
+func (c *Client) read(ctx context.Context, subject string, req, resp subjects.Message) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 30e9)
+		defer cancel()
+	}
+	for attempt := firstReadAttempt; ; attempt += firstReadAttempt / 2 {
+		actx, cancel := context.WithTimeout(ctx, attempt)
+		err := c.callOnce(actx, subject, req, resp)
+		cancel()
+		code := subjects.CodeOf(err)
+		if code != subjects.CodeNotLeader && code != subjects.CodeTimeout || ctx.Err() != nil {
+			return err
+		}
+		if code == subjects.CodeNotLeader {
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(retryInterval):
+			}
+		}
+	}
+}
+
 // Leader asks the coordinators who leads; any of them answers, leader or
 // standby. An error with CodeUnavailable means no coordinator answered.
 func (c *Client) Leader(ctx context.Context) (subjects.LeaderInfo, error) {
@@ -135,7 +170,7 @@ func (c *Client) SubmitJob(ctx context.Context, req subjects.SubmitJob) (subject
 // Jobs lists the jobs.
 func (c *Client) Jobs(ctx context.Context) ([]subjects.JobInfo, error) {
 	var list subjects.JobList
-	err := c.call(ctx, c.ns.API(subjects.APIJobList), nil, &list)
+	err := c.read(ctx, c.ns.API(subjects.APIJobList), nil, &list)
 	if err == nil {
 		err = errOf(list.Error)
 	}
@@ -144,17 +179,18 @@ func (c *Client) Jobs(ctx context.Context) ([]subjects.JobInfo, error) {
 
 // Status describes a job.
 func (c *Client) Status(ctx context.Context, job string) (subjects.JobInfo, error) {
-	return c.jobCall(ctx, subjects.APIJobStatus, job)
+	return c.jobCall(ctx, c.read, subjects.APIJobStatus, job)
 }
 
 // Cancel cancels a job.
 func (c *Client) Cancel(ctx context.Context, job string) (subjects.JobInfo, error) {
-	return c.jobCall(ctx, subjects.APIJobCancel, job)
+	return c.jobCall(ctx, c.call, subjects.APIJobCancel, job)
 }
 
-func (c *Client) jobCall(ctx context.Context, endpoint, job string) (subjects.JobInfo, error) {
+func (c *Client) jobCall(ctx context.Context, call func(context.Context, string, subjects.Message, subjects.Message) error,
+	endpoint, job string) (subjects.JobInfo, error) {
 	var info subjects.JobInfo
-	err := c.call(ctx, c.ns.API(endpoint), &subjects.JobRequest{Job: job}, &info)
+	err := call(ctx, c.ns.API(endpoint), &subjects.JobRequest{Job: job}, &info)
 	if err == nil {
 		err = errOf(info.Error)
 	}
@@ -164,7 +200,7 @@ func (c *Client) jobCall(ctx context.Context, endpoint, job string) (subjects.Jo
 // Workers lists the registered workers.
 func (c *Client) Workers(ctx context.Context) ([]subjects.WorkerInfo, error) {
 	var list subjects.WorkerList
-	err := c.call(ctx, c.ns.API(subjects.APIWorkerList), nil, &list)
+	err := c.read(ctx, c.ns.API(subjects.APIWorkerList), nil, &list)
 	if err == nil {
 		err = errOf(list.Error)
 	}
@@ -176,7 +212,7 @@ func (c *Client) Workers(ctx context.Context) ([]subjects.WorkerInfo, error) {
 // (and res.Found false).
 func (c *Client) State(ctx context.Context, job, key string) (subjects.StateResult, error) {
 	var res subjects.StateResult
-	err := c.call(ctx, c.ns.API(subjects.APIStateGet), &subjects.StateQuery{Job: job, Key: key}, &res)
+	err := c.read(ctx, c.ns.API(subjects.APIStateGet), &subjects.StateQuery{Job: job, Key: key}, &res)
 	if err == nil {
 		err = errOf(res.Error)
 	}
@@ -225,7 +261,7 @@ func (c *Client) Savepoints(ctx context.Context, job string) ([]subjects.Checkpo
 
 func (c *Client) list(ctx context.Context, endpoint, job string) ([]subjects.CheckpointRecord, error) {
 	var list subjects.CheckpointList
-	err := c.call(ctx, c.ns.API(endpoint), &subjects.JobRequest{Job: job}, &list)
+	err := c.read(ctx, c.ns.API(endpoint), &subjects.JobRequest{Job: job}, &list)
 	if err == nil {
 		err = errOf(list.Error)
 	}
@@ -246,7 +282,7 @@ func (c *Client) DeleteSavepoint(ctx context.Context, location string) error {
 // first, and whether older ones exist.
 func (c *Client) History(ctx context.Context, job string, limit int) (subjects.CheckpointHistory, error) {
 	var h subjects.CheckpointHistory
-	err := c.call(ctx, c.ns.API(subjects.APICheckpointHistory), &subjects.HistoryRequest{Job: job, Limit: limit}, &h)
+	err := c.read(ctx, c.ns.API(subjects.APICheckpointHistory), &subjects.HistoryRequest{Job: job, Limit: limit}, &h)
 	if err == nil {
 		err = errOf(h.Error)
 	}

@@ -131,6 +131,11 @@ type Master struct {
 	// restore holds the points tasks restore from, newest first: the
 	// retained completed checkpoints and savepoints.
 	restore []RestorePoint
+
+	// recoverUntil is set while the job recovers (Recover): until then it
+	// adopts the attempts workers report, and asks for no slots.
+	recoverUntil time.Time
+	firstAttempt uint64 // of the run; lower reported attempts are never adopted
 }
 
 // RestorePoint is a completed checkpoint or savepoint to restore from.
@@ -161,6 +166,10 @@ func New(epoch uint64, spec subjects.JobSpec, restore []RestorePoint, attempts *
 	return m
 }
 
+// NextAttempt is the number of the next attempt a job master of epoch
+// deploys, given the shared count of the epoch's deployments.
+func NextAttempt(epoch, attempts uint64) uint64 { return epoch<<20 | (attempts + 1) }
+
 // Job returns the job's name.
 func (m *Master) Job() string { return m.spec.Name }
 
@@ -176,6 +185,67 @@ func (m *Master) Start(now time.Time) []Action {
 		return nil
 	}
 	return append(m.setState(subjects.JobRunning, "started"), m.demand())
+}
+
+// Recover starts a job that an earlier leader term ran, instead of Start.
+// Its tasks may still run on workers, which report them when they register
+// with this term, and Adopt takes them over with their state and input
+// positions, so that they do not restart. Until until, or until every task
+// is adopted, the job asks for no slots and deploys nothing; then every task
+// not adopted is deployed as after Start, from the newest restore point.
+// firstAttempt is the run's lowest attempt number (JobRecord.FirstAttempt).
+func (m *Master) Recover(until time.Time, firstAttempt uint64, now time.Time) []Action {
+	if m.state != subjects.JobCreated {
+		return nil
+	}
+	m.recoverUntil, m.firstAttempt = until, firstAttempt
+	return m.setState(subjects.JobRunning, "resumed by a new leader; adopting the tasks that still run")
+}
+
+// Recovering reports whether the job still waits for workers to report
+// its tasks.
+func (m *Master) Recovering() bool { return !m.recoverUntil.IsZero() }
+
+// Adopt offers the job, while it recovers, the attempt a worker reports in
+// slot s. The job adopts it, and the slot into its pool, when it is an
+// attempt of this run (not below the run's first attempt), deploying or
+// running, for the key groups the task owns, and newer than any attempt of
+// the task adopted so far: two workers may report the same task when the
+// previous leader failed it over from a worker it could not reach, and the
+// newest attempt is the one it deployed last. A lower attempt adopted before
+// is then canceled and its slot released. adopted reports whether the
+// caller must tell the worker that the attempt is adopted.
+func (m *Master) Adopt(worker string, s subjects.SlotReport, now time.Time) (adopted bool, acts []Action) {
+	if !m.Recovering() || m.state.Terminal() || s.Job != m.spec.Name || s.Task < 0 || s.Task >= len(m.tasks) ||
+		s.Allocation == "" || s.Attempt == 0 || s.Attempt < m.firstAttempt ||
+		(s.State != subjects.TaskDeploying && s.State != subjects.TaskRunning) {
+		return false, nil
+	}
+	t := m.tasks[s.Task]
+	if s.Range == nil || *s.Range != t.rng || t.attempt >= s.Attempt {
+		return false, nil
+	}
+	if old, ok := m.pool[t.alloc]; ok {
+		acts = append(acts, Cancel{Req: subjects.CancelTask{Epoch: m.epoch, Worker: old.worker, Release: true, TaskRef: m.ref(t)}},
+			ReleaseSlot{Allocation: old.alloc})
+		delete(m.pool, old.alloc)
+	}
+	m.pool[s.Allocation] = &slot{alloc: s.Allocation, worker: worker, index: s.Slot, task: t.index}
+	t.alloc, t.worker, t.attempt = s.Allocation, worker, s.Attempt
+	t.state, t.since, t.restartAt, t.restoredID, t.skipped = s.State, now, time.Time{}, 0, s.Skipped
+	for _, o := range m.tasks {
+		if o.attempt == 0 {
+			return true, acts
+		}
+	}
+	return true, append(acts, m.endRecovery(now)...)
+}
+
+// endRecovery ends the recovery: the job asks for a slot per task, and
+// tasks nobody reported are deployed.
+func (m *Master) endRecovery(now time.Time) []Action {
+	m.recoverUntil = time.Time{}
+	return append([]Action{m.demand()}, m.deployWaiting(now)...)
 }
 
 func (m *Master) demand() Demand {
@@ -289,6 +359,12 @@ func (m *Master) Tick(now time.Time) []Action {
 		if t.state == subjects.TaskDeploying && now.Sub(t.since) > DeployTimeout {
 			acts = append(acts, m.fail(t, subjects.Errorf(subjects.CodeTimeout, "not running %s after deployment", DeployTimeout), false, now)...)
 		}
+	}
+	if m.Recovering() {
+		if now.Before(m.recoverUntil) {
+			return acts
+		}
+		return append(acts, m.endRecovery(now)...)
 	}
 	return append(acts, m.deployWaiting(now)...)
 }
@@ -533,12 +609,15 @@ func (m *Master) fail(t *task, err *subjects.Error, release bool, now time.Time)
 	t.alloc, t.worker = "", ""
 	t.state, t.since, t.restartAt = subjects.TaskFailed, now, restartAt
 	acts = append(acts, TaskFailed{Task: failed, Worker: worker, Err: err, Delay: delay, Restart: m.restarts})
+	if m.Recovering() {
+		return acts // the demand is set when the recovery ends
+	}
 	return append(acts, m.demand())
 }
 
 // deployWaiting deploys every task that is due into a free pooled slot.
 func (m *Master) deployWaiting(now time.Time) []Action {
-	if !m.active() {
+	if !m.active() || m.Recovering() {
 		return nil
 	}
 	var acts []Action
@@ -562,7 +641,7 @@ func (m *Master) deployWaiting(now time.Time) []Action {
 			panic("jobmaster: more than 2^20 deployments in one coordinator epoch")
 		}
 		s.task = t.index
-		t.alloc, t.worker, t.attempt = s.alloc, s.worker, m.epoch<<20|*m.attempts
+		t.alloc, t.worker, t.attempt = s.alloc, s.worker, NextAttempt(m.epoch, *m.attempts-1)
 		t.skipped = 0
 		t.state, t.since, t.restoredID = subjects.TaskDeploying, now, rp.ID
 		acts = append(acts, Deploy{Req: subjects.DeployTask{

@@ -16,8 +16,11 @@ import (
 
 // TestScenarios runs the trace scenarios in testdata/. Commands:
 //
-//	new parallelism=2 [max=8] [restore=4]   a job master (restoring from checkpoint 4)
+//	new parallelism=2 [max=8] [restore=4] [epoch=2]   a job master (restoring from checkpoint 4)
 //	start
+//	recover until=1s first=e1.1            resumed by a new leader: adopt until 1 s from now
+//	report w1 slot=0 alloc=a1 task=0 attempt=e1.3 running [range=other]
+//	                                        a worker reports an attempt on registering
 //	offer w1 0:a1 1:a2                      a worker offers slots
 //	status task=0 attempt=N running|failed|canceled|corrupt|data_loss|storage
 //	deploy-failed task=0 attempt=N code=slot_mismatch|corrupt_state|operator_mismatch
@@ -54,10 +57,34 @@ func TestScenarios(t *testing.T) {
 					}
 					restore = append(restore, RestorePoint{ID: uint64(r), Handles: handles})
 				}
-				m = New(1, spec, restore, &attempts)
+				epoch := uint64(1)
+				if d.HasArg("epoch") {
+					epoch = uint64(num("epoch"))
+				}
+				m = New(epoch, spec, restore, &attempts)
 				return "ok\n"
 			case "start":
 				return format(m.Start(now))
+			case "recover":
+				dur, err := time.ParseDuration(arg("until"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				until := now.Add(dur)
+				return format(m.Recover(until, attempt(arg("first")), now))
+			case "report":
+				r := subjects.SlotReport{Slot: num("slot"), Allocation: arg("alloc"), Job: "clicks", Task: num("task"),
+					Attempt: attempt(arg("attempt")), State: subjects.TaskDeploying}
+				if d.HasArg("running") {
+					r.State = subjects.TaskRunning
+				}
+				rng := subjects.TaskRange(ptr(m.Spec()), r.Task, m.Spec().Parallelism)
+				if d.HasArg("range") {
+					rng.End++
+				}
+				r.Range = &rng
+				ok, acts := m.Adopt(d.CmdArgs[0].Key, r, now)
+				return fmt.Sprintf("adopted %v recovering %v\n", ok, m.Recovering()) + format(acts)
 			case "offer":
 				var slots []subjects.OfferedSlot
 				for _, a := range d.CmdArgs[1:] {
@@ -134,6 +161,8 @@ func TestScenarios(t *testing.T) {
 		})
 	})
 }
+
+func ptr[T any](v T) *T { return &v }
 
 // Attempts print as "e<epoch>.<n>".
 func attemptStr(a uint64) string { return fmt.Sprintf("e%d.%d", a>>20, a&(1<<20-1)) }

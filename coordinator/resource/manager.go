@@ -164,8 +164,11 @@ func New(cfg Config) *Manager {
 }
 
 // Register handles a worker's registration. A worker already registered
-// under another instance (it restarted) is first declared lost.
-func (m *Manager) Register(req *subjects.RegisterRequest, now time.Time) (subjects.RegisterResponse, []Action) {
+// under another instance (it restarted) is first declared lost. adopted are
+// the allocations of the worker's running attempts that the job masters
+// adopt (a leader that took over): they are the worker's from the start,
+// confirmed, and the answer lists them so that the worker keeps them.
+func (m *Manager) Register(req *subjects.RegisterRequest, adopted []Allocation, now time.Time) (subjects.RegisterResponse, []Action) {
 	var acts []Action
 	if old, ok := m.workers[req.Worker]; ok {
 		acts = append(acts, m.lose(old, "registered again"))
@@ -182,6 +185,16 @@ func (m *Manager) Register(req *subjects.RegisterRequest, now time.Time) (subjec
 		w.operators[op] = true
 	}
 	m.workers[req.Worker] = w
+	var kept []string
+	for _, a := range adopted {
+		if a.Worker != req.Worker || a.Slot < 0 || a.Slot >= len(w.slots) || w.slots[a.Slot] != "" || m.allocs[a.ID] != nil {
+			continue
+		}
+		m.allocs[a.ID] = &allocation{Allocation: a, requested: now, confirmed: true}
+		w.slots[a.Slot] = a.ID
+		kept = append(kept, a.ID)
+	}
+	m.refreshFree(w)
 	acts = append(acts, WorkerJoined{Info: w.info})
 	acts = append(acts, m.schedule(now)...)
 	return subjects.RegisterResponse{
@@ -189,6 +202,7 @@ func (m *Manager) Register(req *subjects.RegisterRequest, now time.Time) (subjec
 		Epoch:             m.cfg.Epoch,
 		HeartbeatInterval: subjects.Duration(m.cfg.HeartbeatInterval),
 		HeartbeatTimeout:  subjects.Duration(m.cfg.HeartbeatTimeout),
+		Adopted:           kept,
 	}, acts
 }
 
@@ -339,6 +353,10 @@ func (m *Manager) HasOperator(operator string) bool {
 	}
 	return false
 }
+
+// HeartbeatTimeout returns how long a worker may stay silent before it is
+// lost.
+func (m *Manager) HeartbeatTimeout() time.Duration { return m.cfg.HeartbeatTimeout }
 
 // Epoch returns the coordinator epoch the manager was created with.
 func (m *Manager) Epoch() uint64 { return m.cfg.Epoch }

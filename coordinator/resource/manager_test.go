@@ -3,6 +3,7 @@ package resource
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ import (
 //	answered a1-1 slot=0                   a worker answered a slot request
 //	failed a1-1                            a slot request failed
 //	release a1-1                           the job master released a slot
+//	register w1 slots=2 adopt=0:a0-3:clicks  ... adopting what it runs
 //	workers                                list workers
 //
 // Each prints the actions (or the response) that resulted; rewrite with
@@ -42,8 +44,21 @@ func TestScenarios(t *testing.T) {
 				if o := arg("ops"); o != "" {
 					ops = strings.Split(o, ",")
 				}
-				resp, acts := m.Register(&subjects.RegisterRequest{Worker: first, Slots: num("slots"), Operators: ops}, now)
-				return fmt.Sprintf("-> instance=%s epoch=%d\n", resp.Instance, resp.Epoch) + format(acts)
+				var adopted []Allocation
+				if a := arg("adopt"); a != "" {
+					// adopt=0:a0-3:clicks,1:a0-4:clicks
+					for _, p := range strings.Split(a, ",") {
+						f := strings.Split(p, ":")
+						slot, _ := strconv.Atoi(f[0])
+						adopted = append(adopted, Allocation{ID: f[1], Job: f[2], Worker: first, Slot: slot})
+					}
+				}
+				resp, acts := m.Register(&subjects.RegisterRequest{Worker: first, Slots: num("slots"), Operators: ops}, adopted, now)
+				out := fmt.Sprintf("-> instance=%s epoch=%d\n", resp.Instance, resp.Epoch)
+				if len(resp.Adopted) > 0 {
+					out = fmt.Sprintf("-> instance=%s epoch=%d adopted=%v\n", resp.Instance, resp.Epoch, resp.Adopted)
+				}
+				return out + format(acts)
 			case "heartbeat":
 				inst := arg("instance")
 				if inst == "" {

@@ -476,3 +476,18 @@ func (r *relay) cut(down bool) {
 		clear(r.conns)
 	}
 }
+
+// Relay is a TCP relay in the test process that a test cuts to partition
+// a process from a server: its clients connect to Addr instead of the
+// server's address.
+type Relay struct{ r *relay }
+
+// StartRelay starts a relay to target (host:port); it stops with the test.
+func StartRelay(tb testing.TB, target string) *Relay { return &Relay{r: startRelay(tb, target)} }
+
+// Addr is the relay's address (host:port).
+func (r *Relay) Addr() string { return r.r.addr }
+
+// Cut closes every connection through the relay and refuses new ones
+// (down), or lets them through again.
+func (r *Relay) Cut(down bool) { r.r.cut(down) }

@@ -2,14 +2,16 @@
 
 // Package chaos is flotilla's chaos harness: a cluster of separate
 // processes on loopback (nats-server with JetStream on file storage, built
-// at go.mod's version; MinIO; a coordinator and four workers) runs
-// a count job and a tumbling-window job over a known event stream while
-// the harness injects faults at seeded random moments: kill -9 and restart
-// of workers, the coordinator, nats-server and MinIO; MinIO down while
-// checkpoints upload; nats-server down while a checkpoint commits; a
-// worker paused with SIGSTOP past its heartbeat timeout and resumed (a
-// zombie that must be fenced); a savepoint requested during a failover; a
-// worker restarted while MinIO is down.
+// at go.mod's version; MinIO; two coordinators, one leading, and four
+// workers) runs a count job and a tumbling-window job over a known event
+// stream while the harness injects faults at seeded random moments: kill -9
+// and restart of workers, nats-server and MinIO; the leading coordinator
+// killed, SIGSTOPped past its lease or partitioned from NATS (the other
+// takes over, and must restart no task); MinIO down while checkpoints
+// upload; nats-server down while a checkpoint commits; a worker paused with
+// SIGSTOP past its heartbeat timeout and resumed (a zombie that must be
+// fenced); a savepoint requested during a failover; a worker restarted
+// while MinIO is down.
 //
 // TestChaosCluster runs the same on a three-node JetStream cluster
 // (testutil.NATSCluster: every connection through relays the harness
@@ -26,8 +28,10 @@
 //
 // It fails unless L and D are 0, no process exited by itself, no zombie
 // completed a checkpoint, every checkpoint JetStream holds as completed is
-// one the coordinator completed and its objects exist, and a savepoint
-// taken at the end restores (at another parallelism) to the same state.
+// one the coordinator completed and its objects exist, no takeover
+// restarted a task, and a savepoint taken at the end restores (at another
+// parallelism) to the same state. It also prints the takeovers, the slowest
+// and the task restarts they caused.
 //
 // Settings (environment):
 //
@@ -272,6 +276,8 @@ func runChaos(t *testing.T, clustered bool) {
 	}
 	t.Logf("chaos: savepoints requested during failovers: %d completed (slowest answer %v), %d failed %v",
 		c.savepoints, c.slowestSavepoint, len(c.failedSavepoints), c.failedSavepoints)
+	t.Logf("chaos: coordinator takeovers %d, slowest %v (fault to a checkpoint of the new term committed in both jobs; to both jobs claimed: %v; lease TTL %v), task restarts caused by takeovers %d",
+		c.takeovers, c.slowestTakeover, c.slowestClaim, leaseTTL, c.takeoverRestarts)
 	if err := c.restoreFinalSavepoint(tr); err != nil {
 		problems = append(problems, err.Error())
 	}

@@ -34,6 +34,8 @@ const (
 	parallelism       = 3
 	heartbeatInterval = 300 * time.Millisecond
 	heartbeatTimeout  = 2 * time.Second
+	numCoordinators   = 2
+	leaseTTL          = 3 * time.Second
 	checkpointEvery   = 500 * time.Millisecond
 
 	sourceStream   = "CLICKS"
@@ -66,9 +68,12 @@ type cluster struct {
 	natsCluster *testutil.NATSCluster
 	natsURL     string
 	// faults are the kinds of fault this run injects.
-	kinds   []fault
-	minio   *testutil.MinIO
-	coord   *proc
+	kinds []fault
+	minio *testutil.MinIO
+	// coords are the coordinators (one leads, the other stands by), each
+	// connected to NATS through relays of its own, so that the harness can
+	// partition it.
+	coords  []*coordinator
 	workers []*proc
 	// workerNames are the workers' identities (-name), by index.
 	workerNames []string
@@ -87,6 +92,13 @@ type cluster struct {
 	slowestSavepoint time.Duration
 	failedSavepoints []string
 	problems         []string // failures found while injecting faults
+	// Takeovers the harness caused (leader killed, paused or partitioned):
+	// how many, the slowest (fault to a checkpoint of the new term committed
+	// in both jobs), and the tasks they restarted.
+	takeovers        int
+	slowestTakeover  time.Duration
+	slowestClaim     time.Duration // fault to a newer term claiming both jobs
+	takeoverRestarts int
 }
 
 // startCluster starts every process and waits until the workers are
@@ -148,9 +160,28 @@ func startCluster(t *testing.T, r *rand.Rand, clustered bool) *cluster {
 
 	env := []string{"AWS_ACCESS_KEY_ID=" + c.minio.AccessKey, "AWS_SECRET_ACCESS_KEY=" + c.minio.SecretKey}
 	store := c.minio.Location(storeBucket, storePrefix)
-	c.coord = newProc(t, logDir, "coordinator", flotillaBin, env, "coordinator", "-nats", c.natsURL, "-store", store,
-		"-heartbeat-interval", heartbeatInterval.String(), "-heartbeat-timeout", heartbeatTimeout.String())
-	c.coord.start()
+	for i := 0; i < numCoordinators; i++ {
+		co := &coordinator{name: fmt.Sprintf("c%d", i+1)}
+		var urls []string
+		for _, u := range strings.Split(c.natsURL, ",") {
+			r := testutil.StartRelay(t, strings.TrimPrefix(u, "nats://"))
+			co.relays = append(co.relays, r)
+			urls = append(urls, "nats://"+r.Addr())
+		}
+		co.proc = newProc(t, logDir, "coordinator "+co.name, flotillaBin, env, "coordinator", "-nats", strings.Join(urls, ","),
+			"-store", store, "-name", co.name, "-lease-ttl", leaseTTL.String(),
+			"-heartbeat-interval", heartbeatInterval.String(), "-heartbeat-timeout", heartbeatTimeout.String())
+		co.start()
+		c.coords = append(c.coords, co)
+		if i == 0 {
+			// The first one creates the streams and buckets and leads; the
+			// other then stands by (on a fresh JetStream cluster two creating
+			// the same R3 streams at once each waited out request timeouts).
+			if _, _, err := c.leading(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	for i := 0; i < numWorkers; i++ {
 		name := fmt.Sprintf("w%d", i+1)
 		w := newProc(t, logDir, "worker "+name, flotillaBin, env, "worker", "-nats", c.natsURL, "-store", store,
@@ -159,6 +190,18 @@ func startCluster(t *testing.T, r *rand.Rand, clustered bool) *cluster {
 		c.workers = append(c.workers, w)
 		c.workerNames = append(c.workerNames, name)
 	}
+	// Registered after the processes', so it runs before they are killed:
+	// on failure every worker and coordinator prints its goroutines.
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, co := range c.coords {
+				co.dump()
+			}
+			for _, w := range c.workers {
+				w.dump()
+			}
+		}
+	})
 	testutil.CheckFor(t, time.Minute, 100*time.Millisecond, func() error {
 		ws, err := c.api.Workers(context.Background())
 		if err == nil && len(ws) != numWorkers {
@@ -183,8 +226,8 @@ func (c *cluster) procs() []*proc {
 	if c.nats != nil {
 		ps = append(ps, c.nats.proc)
 	}
-	if c.coord != nil {
-		ps = append(ps, c.coord)
+	for _, co := range c.coords {
+		ps = append(ps, co.proc)
 	}
 	return append(ps, c.workers...)
 }
@@ -283,7 +326,11 @@ func (c *cluster) heal() {
 	} else if c.nats.ensureRunning() {
 		c.nats.waitReady()
 	}
-	for _, p := range append([]*proc{c.coord}, c.workers...) {
+	for _, co := range c.coords {
+		co.connect()
+		co.ensureRunning()
+	}
+	for _, p := range c.workers {
 		p.ensureRunning()
 	}
 }
@@ -377,10 +424,19 @@ type observer struct {
 	records   []observedRecord
 	committed map[string]time.Time // "<job> <id>" -> when the latest pointer moved to it
 	completed map[string]bool      // "<job> <id>" of every checkpoint (not savepoint) seen committed
+	pointers  []observedPointer    // every move of a latest pointer, in order
 	bad       []string
 	// written receives the key of each record written, if there is room.
 	written chan string
 	acks    []observedAck
+}
+
+// observedPointer is a write of a job's latest pointer: a commit (a new
+// id), or a new leader term claiming the job (same id, its term).
+type observedPointer struct {
+	job      string
+	id, term uint64
+	at       time.Time
 }
 
 type observedAck struct {
@@ -415,13 +471,16 @@ func observe(nc *nats.Conn, ns subjects.Namespace) (*observer, error) {
 			var p struct {
 				ID   uint64                  `json:"id"`
 				Kind subjects.CheckpointKind `json:"kind"`
+				Term uint64                  `json:"term"`
 			}
 			if err := json.Unmarshal(m.Data, &p); err != nil {
 				o.bad = append(o.bad, fmt.Sprintf("latest pointer %s: %v", key, err))
 				return
 			}
-			id := strings.TrimSuffix(key, ".latest") + " " + strconv.FormatUint(p.ID, 10)
+			job := strings.TrimSuffix(key, ".latest")
+			id := job + " " + strconv.FormatUint(p.ID, 10)
 			o.committed[id] = time.Now()
+			o.pointers = append(o.pointers, observedPointer{job: job, id: p.ID, term: p.Term, at: time.Now()})
 			if p.Kind != subjects.KindSavepoint {
 				o.completed[id] = true
 			}

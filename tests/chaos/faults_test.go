@@ -27,7 +27,9 @@ type fault struct {
 // run starts with a seeded permutation of them).
 var faults = []fault{
 	{"kill -9 a worker", (*cluster).killWorkers},
-	{"kill -9 the coordinator", (*cluster).killCoordinator},
+	{"kill -9 the leading coordinator", (*cluster).killLeader},
+	{"SIGSTOP the leading coordinator past its lease, then SIGCONT", (*cluster).pauseLeader},
+	{"partition the leading coordinator from NATS past its lease, then heal", (*cluster).partitionLeader},
 	{"kill -9 nats-server", (*cluster).killNATS},
 	{"kill -9 nats-server during a checkpoint commit", (*cluster).killNATSDuringCommit},
 	{"kill -9 MinIO", (*cluster).killMinIO},
@@ -40,12 +42,12 @@ var faults = []fault{
 // clusterFaults are the kinds of fault of a run on a three-node NATS
 // cluster: those of faults with the single server's two replaced by the
 // NATS-node faults.
-var clusterFaults = slices.Concat(faults[:2], []fault{
+var clusterFaults = slices.Concat(faults[:4], []fault{
 	{"kill -9 a NATS node (the meta leader half the time)", (*cluster).killNATSNode},
 	{"kill -9 the checkpoint bucket's leader during a commit", (*cluster).killBucketLeaderDuringCommit},
 	{"partition isolating a NATS node, then heal", (*cluster).partitionNATSNode},
 	{"two of three NATS nodes down", (*cluster).twoNATSNodesDown},
-}, faults[4:])
+}, faults[6:])
 
 // killNATSNode kills one node of the NATS cluster, the meta leader half the
 // time, and restarts it.
@@ -167,14 +169,6 @@ func (c *cluster) killWorkers() {
 	for _, i := range perm {
 		c.workers[i].start()
 	}
-}
-
-func (c *cluster) killCoordinator() {
-	c.faults++
-	c.logf("kill -9 coordinator")
-	c.coord.kill()
-	c.hold(0, 2*time.Second)
-	c.coord.start()
 }
 
 // killNATS kills nats-server and restarts it on the same port and store

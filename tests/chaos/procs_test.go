@@ -164,19 +164,41 @@ func (p *proc) start() {
 // kill sends SIGKILL, as a crash would, and waits until the process has
 // exited. Killing a process that is not running does nothing.
 func (p *proc) kill() {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	if cmd == nil {
+	if done := p.stop(syscall.SIGKILL); done != nil {
+		<-done
+		p.mu.Lock()
+		p.cmd, p.done, p.killing, p.paused = nil, nil, false, false
 		p.mu.Unlock()
-		return
+	}
+}
+
+// dump makes a running Go process print every goroutine's stack to its log
+// and exit (SIGQUIT), and waits (up to 10 s) until it has: what a process
+// that stopped making progress was waiting for.
+func (p *proc) dump() {
+	if done := p.stop(syscall.SIGQUIT); done != nil {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	}
+}
+
+// stop sends sig to the running process (resuming it first if paused, so
+// that it can act on sig) as an exit the harness caused, and returns the
+// channel closed when it has exited; nil if it is not running.
+func (p *proc) stop(sig syscall.Signal) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return nil
 	}
 	p.killing = true
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	p.mu.Unlock()
-	<-done
-	p.mu.Lock()
-	p.cmd, p.done, p.killing, p.paused = nil, nil, false, false
-	p.mu.Unlock()
+	if p.paused && sig != syscall.SIGKILL {
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
+	}
+	_ = p.cmd.Process.Signal(sig)
+	return p.done
 }
 
 // pause stops the process with SIGSTOP: it keeps its sockets and memory

@@ -120,6 +120,35 @@ func restarted(before, after subjects.JobInfo) int {
 	return n
 }
 
+// firstTriggered returns when the first retained checkpoint above id was
+// triggered, as its record says.
+func firstTriggered(t *testing.T, api *client.Client, id uint64) time.Time {
+	t.Helper()
+	cps, err := api.Checkpoints(context.Background(), "clicks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first *subjects.CheckpointRecord
+	for i := range cps {
+		if cps[i].ID > id && (first == nil || cps[i].ID < first.ID) {
+			first = &cps[i]
+		}
+	}
+	if first == nil {
+		t.Fatalf("no retained checkpoint above %d", id)
+	}
+	return first.Triggered
+}
+
+// attempts lists a status's task attempts.
+func attempts(info subjects.JobInfo) string {
+	var out []string
+	for _, task := range info.Tasks {
+		out = append(out, fmt.Sprintf("%d:%d", task.Task, task.Attempt))
+	}
+	return "[" + strings.Join(out, " ") + "]"
+}
+
 // TestCoordinatorFailover runs two coordinator processes against one
 // nats-server: one leads and the other stands by. The leader is killed
 // with SIGKILL; the standby takes over within the lease TTL + 2 s and the
@@ -228,8 +257,15 @@ func TestCoordinatorFailover(t *testing.T) {
 	if takeover > leaseTTL+2*time.Second {
 		t.Errorf("c2 took over %s after c1 was killed, above lease TTL + 2 s", takeover.Round(time.Millisecond))
 	}
-	t.Logf("kill -9 leader: c2 leads (term %d) after %s; first checkpoint of the new term after %s; %d of %d tasks restarted",
-		term2, takeover.Round(time.Millisecond), firstCheckpoint.Round(time.Millisecond), restarted(before, after), len(after.Tasks))
+	triggered := firstTriggered(t, api, loaded.LatestCheckpoint).Sub(killed)
+	if triggered > leaseTTL+2*time.Second {
+		t.Errorf("the new leader triggered its first checkpoint %s after c1 was killed, above lease TTL + 2 s", triggered.Round(time.Millisecond))
+	}
+	if n := restarted(before, after); n != 0 {
+		t.Errorf("kill -9 leader: %d of %d tasks restarted, want 0 (attempts %s -> %s)", n, len(after.Tasks), attempts(before), attempts(after))
+	}
+	t.Logf("kill -9 leader: c2 leads (term %d) after %s; first checkpoint of the new term triggered after %s, completed after %s; %d of %d tasks restarted",
+		term2, takeover.Round(time.Millisecond), triggered.Round(time.Millisecond), firstCheckpoint.Round(time.Millisecond), restarted(before, after), len(after.Tasks))
 
 	// 2. c1 comes back as a standby; then c2 is paused past its lease.
 	c1.start()
@@ -248,8 +284,12 @@ func TestCoordinatorFailover(t *testing.T) {
 	term3 := waitLeader(t, nc, "c1", leaseTTL+2*time.Second+5*time.Second)
 	takeover = time.Since(paused)
 	after = checkpointAfter(t, api, before.LatestCheckpoint, 30*time.Second)
-	t.Logf("SIGSTOP leader: c1 leads (term %d) after %s; %d of %d tasks restarted", term3, takeover.Round(time.Millisecond),
-		restarted(before, after), len(after.Tasks))
+	firstCheckpoint = time.Since(paused)
+	t.Logf("SIGSTOP leader: c1 leads (term %d) after %s; first checkpoint of the new term completed after %s; %d of %d tasks restarted",
+		term3, takeover.Round(time.Millisecond), firstCheckpoint.Round(time.Millisecond), restarted(before, after), len(after.Tasks))
+	if n := restarted(before, after); n != 0 {
+		t.Errorf("SIGSTOP leader: %d of %d tasks restarted, want 0 (attempts %s -> %s)", n, len(after.Tasks), attempts(before), attempts(after))
+	}
 	if takeover > leaseTTL+2*time.Second {
 		t.Errorf("c1 took over %s after c2 was paused, above lease TTL + 2 s", takeover.Round(time.Millisecond))
 	}
