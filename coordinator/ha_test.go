@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,32 +13,16 @@ import (
 	"github.com/flotilla-io/flotilla/coordinator/election"
 	"github.com/flotilla-io/flotilla/coordinator/metastore"
 	"github.com/flotilla-io/flotilla/coordinator/metastore/metastoretest"
+	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/objectstore"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // newTestLeader returns the leader of coordinator "c2", holding the lease
 // of an in-memory metadata store whose clock the test moves.
-func newTestLeader(t *testing.T, ttl time.Duration) (*leader, metastore.Store, *objectstore.Mem, *fakeClock) {
+func newTestLeader(t *testing.T, ttl time.Duration) (*leader, metastore.Store, *objectstore.Mem, *testutil.Clock) {
 	t.Helper()
-	clock := &fakeClock{now: time.Unix(1_000_000, 0)}
+	clock := testutil.NewClock(time.Unix(1_000_000, 0))
 	ms := metastore.NewMem(metastore.Options{LeaseTTL: ttl}, clock.Now)
 	store := objectstore.NewMem()
 	co := &Coordinator{cfg: Config{Name: "c2", Store: store, RequestTimeout: time.Second, TickInterval: 10 * time.Millisecond, Now: time.Now},

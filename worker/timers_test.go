@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -261,31 +260,13 @@ func TestTimerState(t *testing.T) {
 	}
 }
 
-// fakeClock is a Clock a test advances.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // In a running task, the window of a key that goes quiet is emitted once
 // the task's (injected) clock is past its end and the input has moved past
 // it, with no further event of that key.
 func TestRunningTaskFiresTimers(t *testing.T) {
 	s := testutil.RunNATS(t)
 	c := startCoord(t, s, 1)
-	clock := &fakeClock{now: time.Now()}
+	clock := testutil.NewClock(time.Now())
 	w := testWorker(t, s, Config{Clock: clock})
 	j := newTestJob(t, s, "win", 1)
 	j.spec.Operator = subjects.OperatorSpec{Type: "window", Size: subjects.Duration(time.Second), Aggregate: "count"}
@@ -301,7 +282,7 @@ func TestRunningTaskFiresTimers(t *testing.T) {
 		}
 		return nil
 	})
-	clock.advance(time.Hour)
+	clock.Advance(time.Hour)
 	testutil.CheckFor(t, waitLong, 20*time.Millisecond, func() error {
 		if !time.Now().After(end) {
 			return errors.New("waiting for the window's end")

@@ -2,7 +2,6 @@ package metastore_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,8 +22,11 @@ func TestJetStream(t *testing.T) {
 
 func TestMem(t *testing.T) {
 	metastoretest.Run(t, func(t *testing.T, o metastore.Options) metastoretest.Target {
-		c := &fakeClock{now: time.Unix(1_000_000, 0)}
-		return metastoretest.Target{Store: metastore.NewMem(o, c.Now), Sleep: c.Advance}
+		c := testutil.NewClock(time.Unix(1_000_000, 0))
+		return metastoretest.Target{Store: metastore.NewMem(o, c.Now), Sleep: func(d time.Duration) {
+			c.Advance(d)
+			time.Sleep(time.Millisecond) // let background work (forget) run
+		}}
 	})
 }
 
@@ -42,22 +44,4 @@ func openJetStream(t *testing.T, o metastore.Options) metastore.Store {
 		t.Fatal(err)
 	}
 	return s
-}
-
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-	time.Sleep(time.Millisecond) // let background work (forget) run
 }
