@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -284,16 +283,10 @@ func withoutMinIOEnv(env []string) []string {
 }
 
 // freeLoopbackAddr returns "127.0.0.1:port" for a port that was free a moment
-// ago.
+// ago, below the ephemeral range (see freePorts).
 func freeLoopbackAddr(tb testing.TB) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("finding a free port: %v", err)
-	}
-	addr := l.Addr().String()
-	_ = l.Close()
-	return addr
+	return fmt.Sprintf("127.0.0.1:%d", freePorts(tb, 1)[0])
 }
 
 func randomHex(n int) string {

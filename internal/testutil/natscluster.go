@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -110,7 +111,8 @@ func StartNATSClusterWith(tb testing.TB, bin string, n int, extra ...string) *NA
 	tb.Helper()
 	c := &NATSCluster{t: tb, bin: bin}
 	dir := tb.TempDir()
-	clientPorts, clusterPorts, httpPorts := freePorts(tb, n), freePorts(tb, n), freePorts(tb, n)
+	ports := freePorts(tb, 3*n) // distinct
+	clientPorts, clusterPorts, httpPorts := ports[:n], ports[n:2*n], ports[2*n:]
 	for i := 0; i < n; i++ {
 		c.Nodes = append(c.Nodes, &NATSNode{Name: fmt.Sprintf("n%d", i+1),
 			monitor: fmt.Sprintf("http://127.0.0.1:%d", httpPorts[i])})
@@ -374,18 +376,28 @@ func getJSON(url string, v any) error {
 // freePorts returns n loopback ports that are free now.
 func freePorts(tb testing.TB, n int) []int {
 	tb.Helper()
-	var ls []net.Listener
+	// Below the kernel's ephemeral range (32768 and up by default): the
+	// relays, and every other socket of the test, bind ephemeral ports
+	// after these were chosen and before the servers bind them, and must
+	// not take one of them.
+	const lo, hi = 20000, 32000
+	seen := map[int]bool{}
 	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatal(err)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 100*n {
+			tb.Fatalf("no %d free ports in %d-%d", n, lo, hi)
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
+		p := lo + rand.IntN(hi-lo)
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
 		l.Close()
+		ports = append(ports, p)
 	}
 	return ports
 }

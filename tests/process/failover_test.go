@@ -320,21 +320,30 @@ func TestCoordinatorFailover(t *testing.T) {
 		}
 		return nil
 	})
-	cps, err := api.Checkpoints(ctx, "clicks")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The job goes on checkpointing, and retention deletes the oldest
+	// retained checkpoint's files once a newer one completes: a listing
+	// and the files' stats race with it, so a missing file counts only
+	// if every listing for 30 s names it.
+	var cps []subjects.CheckpointRecord
 	files := 0
-	for _, cp := range cps {
-		for _, task := range cp.Tasks {
-			for _, f := range task.Handle.Files {
-				if _, err := os.Stat(filepath.Join(storeDir, filepath.FromSlash(f))); err != nil {
-					t.Errorf("checkpoint %d of term %d: %v", cp.ID, term3, err)
+	testutil.CheckFor(t, 30*time.Second, 250*time.Millisecond, func() error {
+		var err error
+		if cps, err = api.Checkpoints(ctx, "clicks"); err != nil {
+			return err
+		}
+		files = 0
+		for _, cp := range cps {
+			for _, task := range cp.Tasks {
+				for _, f := range task.Handle.Files {
+					if _, err := os.Stat(filepath.Join(storeDir, filepath.FromSlash(f))); err != nil {
+						return fmt.Errorf("checkpoint %d (term %d or later): %v", cp.ID, term3, err)
+					}
+					files++
 				}
-				files++
 			}
 		}
-	}
+		return nil
+	})
 	t.Logf("after waking the paused leader: checkpoints up to %d, %d retained with %d files, all present; %d keys exact, sink exact",
 		final.LatestCheckpoint, len(cps), files, len(truth))
 	c2.kill()
