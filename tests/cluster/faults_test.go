@@ -43,6 +43,15 @@ func TestNodeFaults(t *testing.T) {
 	var midCommit atomic.Uint64 // the checkpoint whose commit met the kill
 	commits := make(chan chan struct{})
 	f.startCoordinator(func(c *coordinator.Config) {
+		// The leader renews its lease in an R3 bucket whose own leader
+		// may be on a killed node: under -race on a loaded machine that
+		// election has outlasted the 8 s a 10 s lease allows, and the
+		// leader stepped down (the next term adopts the tasks, but aborts
+		// the checkpoint in flight, which this test requires to
+		// complete). What a step-down does is tested elsewhere
+		// (TestCoordinatorFailover, the chaos harness); here the lease
+		// outlasts the elections.
+		c.LeaseTTL = 30 * time.Second
 		// Mid-checkpoint: when armed, the next commit waits until the test
 		// has killed the checkpoint bucket's leader, then goes ahead.
 		c.BeforeCommit = func(r subjects.CheckpointRecord) error {
