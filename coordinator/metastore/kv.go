@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,11 +22,14 @@ import (
 func New(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p replicas.Policy, o Options) (Store, error) {
 	o = o.withDefaults()
 	open := func(cfg jetstream.KeyValueConfig, what string) (bucket, error) {
-		kv, _, err := replicas.EnsureKV(ctx, js, cfg, p)
+		if _, _, err := replicas.EnsureKV(ctx, js, cfg, p); err != nil {
+			return nil, fmt.Errorf("metastore: %s bucket: %w", what, err)
+		}
+		kv, err := leaderReads(ctx, js, cfg.Bucket)
 		if err != nil {
 			return nil, fmt.Errorf("metastore: %s bucket: %w", what, err)
 		}
-		return kvBucket{kv}, nil
+		return kvBucket{kv: kv, js: js, stream: "KV_" + cfg.Bucket, prefix: "$KV." + cfg.Bucket + "."}, nil
 	}
 	coord, err := open(CoordinatorBucket(ns), "coordinator")
 	if err != nil {
@@ -49,7 +53,37 @@ func New(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p r
 }
 
 // kvBucket is a bucket on a JetStream KV bucket.
-type kvBucket struct{ kv jetstream.KeyValue }
+// kvBucket is a bucket whose reads are answered by its stream's leader.
+// A KV bucket lets any replica answer a read ("direct get"), and its key
+// listing is a consumer that may run on any replica: one behind its leader
+// (just restarted, catching up) answers with what it has applied so far.
+// Seen: after two of three servers were down, a new leader's listing of
+// the jobs bucket missed a job, and the job was forgotten. Metadata that
+// says what is committed is read from the leader.
+type kvBucket struct {
+	kv     jetstream.KeyValue
+	js     jetstream.JetStream
+	stream string // KV_<bucket>
+	prefix string // $KV.<bucket>.
+}
+
+// leaderReads turns off direct gets on the bucket's stream (any replica
+// may answer those) and opens the bucket anew, so that its gets go to the
+// stream leader. Creating or updating a bucket turns direct gets on again:
+// every open turns them off.
+func leaderReads(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
+	s, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, err
+	}
+	if cfg := s.CachedInfo().Config; cfg.AllowDirect {
+		cfg.AllowDirect = false
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("turning direct gets off: %w", err)
+		}
+	}
+	return js.KeyValue(ctx, bucket)
+}
 
 func (b kvBucket) Get(ctx context.Context, key string) (entry, error) {
 	e, err := b.kv.Get(ctx, key)
@@ -92,22 +126,33 @@ func (b kvBucket) Delete(ctx context.Context, key string, rev uint64) error {
 	return err
 }
 
+// Keys lists the bucket's keys (matching filters, if any) from the stream
+// leader's count of messages per subject. Keys whose last operation is a
+// delete or purge are listed too: a Get of them finds nothing.
 func (b kvBucket) Keys(ctx context.Context, filters ...string) ([]string, error) {
-	var l jetstream.KeyLister
-	var err error
-	if len(filters) == 0 {
-		l, err = b.kv.ListKeys(ctx)
-	} else {
-		l, err = b.kv.ListKeysFiltered(ctx, filters...)
-	}
+	s, err := b.js.Stream(ctx, b.stream)
 	if err != nil {
 		return nil, err
 	}
-	var keys []string
-	for k := range l.Keys() {
+	if len(filters) == 0 {
+		filters = []string{">"}
+	}
+	seen := map[string]bool{}
+	for _, f := range filters {
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(b.prefix+f))
+		if err != nil {
+			return nil, fmt.Errorf("metastore: listing keys of %s: %w", b.stream, err)
+		}
+		for subj := range info.State.Subjects {
+			if k, ok := strings.CutPrefix(subj, b.prefix); ok {
+				seen[k] = true
+			}
+		}
+	}
+	keys := make([]string, 0, len(seen))
+	for k := range seen {
 		keys = append(keys, k)
 	}
-	_ = l.Stop() // after a complete listing it reports only that the subscription ended
 	sort.Strings(keys)
 	return keys, nil
 }

@@ -162,6 +162,8 @@ func (s *store) Jobs(ctx context.Context) ([]subjects.JobRecord, error) {
 	}
 	var out []subjects.JobRecord
 	for _, k := range keys {
+		// Reads go to the leader (see kvBucket): a listed key not found
+		// was deleted.
 		e, err := s.jobs.Get(ctx, k)
 		if errors.Is(err, errNotFound) {
 			continue
