@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -62,42 +61,11 @@ func TestExactlyOnceUnderKills(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "COUNTS", Subjects: []string{"counts.>"},
-		Duplicates: 10 * time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	spec := subjects.JobSpec{Name: "clicks", Parallelism: 3,
-		Source:     subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
-		Operator:   subjects.OperatorSpec{Type: "count"},
-		Sink:       subjects.SinkSpec{Subject: "counts.clicks"},
-		Checkpoint: subjects.CheckpointSpec{Interval: subjects.Duration(300 * time.Millisecond), Retained: 3},
-		Restart:    subjects.RestartSpec{InitialDelay: subjects.Duration(200 * time.Millisecond), MaxDelay: subjects.Duration(2 * time.Second)}}
-	if _, err := api.Submit(ctx, spec, 0, ""); err != nil {
-		t.Fatal(err)
-	}
+	submitSinkCount(t, ctx, api, js, 3)
 
 	// The publisher: a steady stream of events with a known ground truth.
-	const events, keys = 12000, 200
-	truth := map[string]int64{}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		pr := rand.New(rand.NewPCG(seed, 1))
-		for i := 0; i < events; i++ {
-			k := "k" + strconv.Itoa(pr.IntN(keys))
-			truth[k]++
-			if _, err := js.PublishAsync("clicks."+k, []byte(`{}`)); err != nil {
-				t.Error(err)
-				return
-			}
-			if i%200 == 199 {
-				<-js.PublishAsyncComplete()
-				time.Sleep(40 * time.Millisecond)
-			}
-		}
-		<-js.PublishAsyncComplete()
-	}()
+	const events = 12000
+	published := publishSteadily(t, js, seed, events, 200, 200, 40*time.Millisecond)
 
 	// The faults: workers killed and restarted (same name, same data dir),
 	// then the coordinator.
@@ -123,19 +91,10 @@ func TestExactlyOnceUnderKills(t *testing.T) {
 	w.kill()
 	faults++
 	w.start()
-	wg.Wait()
+	truth := published()
 
 	fleettest.WaitCounts(t, api, "clicks", truth, 2*time.Minute)
-	testutil.CheckFor(t, 30*time.Second, 250*time.Millisecond, func() error {
-		st, err := js.Stream(ctx, "COUNTS")
-		if err != nil {
-			return err
-		}
-		if got := st.CachedInfo().State.Msgs; got != events {
-			return fmt.Errorf("sink holds %d outputs, want exactly %d", got, events)
-		}
-		return nil
-	})
+	waitSinkExact(t, ctx, js, events)
 	info, err := api.Status(ctx, "clicks")
 	if err != nil {
 		t.Fatal(err)

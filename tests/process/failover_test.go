@@ -3,12 +3,10 @@ package process
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -194,43 +192,12 @@ func TestCoordinatorFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "COUNTS", Subjects: []string{"counts.>"},
-		Duplicates: 10 * time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	spec := subjects.JobSpec{Name: "clicks", Parallelism: 3,
-		Source:     subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
-		Operator:   subjects.OperatorSpec{Type: "count"},
-		Sink:       subjects.SinkSpec{Subject: "counts.clicks"},
-		Checkpoint: subjects.CheckpointSpec{Interval: subjects.Duration(300 * time.Millisecond), Retained: 2},
-		Restart:    subjects.RestartSpec{InitialDelay: subjects.Duration(200 * time.Millisecond), MaxDelay: subjects.Duration(2 * time.Second)}}
-	if _, err := api.Submit(ctx, spec, 0, ""); err != nil {
-		t.Fatal(err)
-	}
+	submitSinkCount(t, ctx, api, js, 2)
 
 	// A steady stream of events with a known ground truth, for the whole
 	// test (about 20 s).
-	const events, keys = 10000, 100
-	truth := map[string]int64{}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		pr := rand.New(rand.NewPCG(seed, 1))
-		for i := 0; i < events; i++ {
-			k := "k" + strconv.Itoa(pr.IntN(keys))
-			truth[k]++
-			if _, err := js.PublishAsync("clicks."+k, []byte(`{}`)); err != nil {
-				t.Error(err)
-				return
-			}
-			if i%100 == 99 {
-				<-js.PublishAsyncComplete()
-				time.Sleep(200 * time.Millisecond)
-			}
-		}
-		<-js.PublishAsyncComplete()
-	}()
+	const events = 10000
+	published := publishSteadily(t, js, seed, events, 100, 100, 200*time.Millisecond)
 
 	// 1. kill -9 the leader.
 	before := checkpointAfter(t, api, 2, 30*time.Second)
@@ -306,20 +273,11 @@ func TestCoordinatorFailover(t *testing.T) {
 		waitLeader(t, nc, "c1", 2*time.Second)
 		time.Sleep(200 * time.Millisecond)
 	}
-	wg.Wait()
+	truth := published()
 	final := checkpointAfter(t, api, after.LatestCheckpoint+2, 30*time.Second)
 
 	fleettest.WaitCounts(t, api, "clicks", truth, time.Minute)
-	testutil.CheckFor(t, 30*time.Second, 250*time.Millisecond, func() error {
-		st, err := js.Stream(ctx, "COUNTS")
-		if err != nil {
-			return err
-		}
-		if got := st.CachedInfo().State.Msgs; got != events {
-			return fmt.Errorf("sink holds %d outputs, want exactly %d", got, events)
-		}
-		return nil
-	})
+	waitSinkExact(t, ctx, js, events)
 	// The job goes on checkpointing, and retention deletes the oldest
 	// retained checkpoint's files once a newer one completes: a listing
 	// and the files' stats race with it, so a missing file counts only

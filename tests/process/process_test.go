@@ -9,10 +9,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/flotilla-io/flotilla/coordinator"
@@ -68,20 +70,16 @@ func (p *proc) kill() {
 	}
 }
 
-// startWorker starts `flotilla worker` as a process.
-func startWorker(t *testing.T, natsURL, store, name, dataDir string) *proc {
-	return startProc(t, "worker "+name, nil, "worker", "-nats", natsURL, "-store", store, "-name", name,
-		"-data", dataDir, "-slots", "1", "-log-level", "warn")
-}
-
-func TestKilledWorkerProcess(t *testing.T) {
-	srv := testutil.RunNATS(t)
-	storeDir := t.TempDir()
+// runCoordinator runs a coordinator in this process, on an object store
+// in a directory of its own, until the returned stop is called or the test
+// ends; it returns once the coordinator is ready.
+func runCoordinator(t *testing.T, srv *server.Server) (storeDir string, stop func()) {
+	t.Helper()
+	storeDir = t.TempDir()
 	store, err := objectstore.NewFS(storeDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc := testutil.Connect(t, srv)
 	co, err := coordinator.New(coordinator.Config{Conn: testutil.Connect(t, srv), Store: store,
 		MapInput:          srv.GlobalAccount().AddMapping,
 		HeartbeatInterval: 200 * time.Millisecond, HeartbeatTimeout: time.Second})
@@ -91,8 +89,23 @@ func TestKilledWorkerProcess(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- co.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	stop = sync.OnceFunc(func() { cancel(); <-done })
+	t.Cleanup(stop)
 	<-co.Ready()
+	return storeDir, stop
+}
+
+// startWorker starts `flotilla worker` as a process.
+func startWorker(t *testing.T, natsURL, store, name, dataDir string) *proc {
+	return startProc(t, "worker "+name, nil, "worker", "-nats", natsURL, "-store", store, "-name", name,
+		"-data", dataDir, "-slots", "1", "-log-level", "warn")
+}
+
+func TestKilledWorkerProcess(t *testing.T) {
+	srv := testutil.RunNATS(t)
+	storeDir, _ := runCoordinator(t, srv)
+	ctx := context.Background()
+	nc := testutil.Connect(t, srv)
 
 	loc := "file://" + storeDir
 	w1 := startWorker(t, srv.ClientURL(), loc, "p1", t.TempDir())

@@ -4,18 +4,15 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/flotilla-io/flotilla/coordinator"
 	"github.com/flotilla-io/flotilla/coordinator/client"
 	"github.com/flotilla-io/flotilla/internal/fleettest"
 	"github.com/flotilla-io/flotilla/internal/testutil"
-	"github.com/flotilla-io/flotilla/objectstore"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
@@ -25,24 +22,9 @@ import (
 // says so, and exits.
 func TestWorkerExitsAfterSIGTERMWithNATSDown(t *testing.T) {
 	srv := testutil.RunNATS(t)
-	storeDir := t.TempDir()
-	store, err := objectstore.NewFS(storeDir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	storeDir, stopCoord := runCoordinator(t, srv)
+	ctx := context.Background()
 	nc := testutil.Connect(t, srv)
-	co, err := coordinator.New(coordinator.Config{Conn: testutil.Connect(t, srv), Store: store,
-		MapInput:          srv.GlobalAccount().AddMapping,
-		HeartbeatInterval: 200 * time.Millisecond, HeartbeatTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- co.Run(ctx) }()
-	stopCoord := sync.OnceFunc(func() { cancel(); <-done })
-	t.Cleanup(stopCoord)
-	<-co.Ready()
 
 	const shutdown = 2 * time.Second
 	w := startProc(t, "worker", nil, "worker", "-nats", srv.ClientURL(), "-store", "file://"+storeDir, "-name", "p1",
