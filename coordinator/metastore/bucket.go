@@ -29,10 +29,7 @@ type entry struct {
 }
 
 var (
-	errNotFound = errors.New("metastore: key not found")
-	errExists   = errors.New("metastore: key exists")
-	// errStaleRead: a read contradicts a write the bucket acknowledged (a
-	// replica behind its leader); the read is worth repeating.
-	errStaleRead     = errors.New("metastore: a replica has not caught up")
+	errNotFound      = errors.New("metastore: key not found")
+	errExists        = errors.New("metastore: key exists")
 	errWrongRevision = errors.New("metastore: wrong revision")
 )

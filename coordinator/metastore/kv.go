@@ -165,7 +165,7 @@ func Transient(err error) bool {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout),
 		errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
-		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, errInjected), errors.Is(err, errStaleRead):
+		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, errInjected):
 		return true
 	case errors.As(err, &apiErr):
 		return apiErr.Code == 503 // e.g. JetStream system temporarily unavailable

@@ -277,12 +277,7 @@ func (s *store) Commit(ctx context.Context, term uint64, r subjects.CheckpointRe
 	if err = s.retry(ctx, func(ctx context.Context) error {
 		_, err := s.ckpts.Create(ctx, key, b)
 		if errors.Is(err, errExists) {
-			if e, gerr := s.ckpts.Get(ctx, key); errors.Is(gerr, errNotFound) {
-				// The create says the key exists, the read does not: a
-				// read answered by a replica that has not applied it yet
-				// (reads may go to any replica). Ask again.
-				return fmt.Errorf("%w: %s", errStaleRead, key)
-			} else if gerr != nil {
+			if e, gerr := s.ckpts.Get(ctx, key); gerr != nil {
 				return gerr
 			} else if !bytes.Equal(e.val, b) {
 				return fmt.Errorf("%w: %s", ErrConflict, key)
@@ -321,13 +316,7 @@ func (s *store) Commit(ctx context.Context, term uint64, r subjects.CheckpointRe
 		case err == nil:
 			return nil
 		case errors.Is(err, errExists) || errors.Is(err, errWrongRevision):
-			// Another commit moved the pointer, or the read was answered
-			// by a replica behind the leader (reads may go to any
-			// replica): read it again, after a pause.
-			conflicts++
-			if werr := wait(ctx); werr != nil {
-				return err
-			}
+			conflicts++ // another commit moved the pointer: read it again
 		case s.transient(err) && ctx.Err() == nil:
 			if werr := wait(ctx); werr != nil {
 				return err
