@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,133 +17,45 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
-	"github.com/flotilla-io/flotilla/coordinator/jobmaster"
+	"github.com/flotilla-io/flotilla/coordinator/engine"
 	"github.com/flotilla-io/flotilla/objectstore"
-	"github.com/flotilla-io/flotilla/statebackend"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
-// savepointWaiter is someone waiting for a savepoint's outcome: a trigger
-// request, an API call, or a stop/rescale in progress.
-type savepointWaiter struct {
-	reply   subjects.Responder // nil: nobody to answer
-	rescale int                // > 0: resubmit at this parallelism once stopped
+// writeCheckpointMetadata checks r's objects while it writes r's metadata
+// object, and feeds the outcome back (engine.WriteMetadata). A metadata
+// object of a checkpoint that then aborts belongs to nothing (only the
+// commit completes a checkpoint) and is overwritten or swept.
+func (c *leader) writeCheckpointMetadata(job string, r subjects.CheckpointRecord) {
+	start := time.Now()
+	verified := make(chan error, 1)
+	go func() { verified <- c.verifyObjects(r) }()
+	err := c.writeMetadata(r)
+	wrote := time.Since(start)
+	err = cmp.Or(<-verified, err)
+	c.log.Debug("checkpoint objects verified", "job", job, "id", r.ID, "objects", countObjects(r),
+		"metadata_write", wrote, "with_verification", time.Since(start), "err", err)
+	c.feed(engine.MetadataWritten{Job: job, ID: r.ID, Err: err})
 }
 
-// doCC carries out checkpoint-coordinator actions of job.
-func (c *leader) doCC(job string, acts []checkpoint.Action, now time.Time) {
-	e := c.jobs[job]
-	for _, a := range acts {
-		switch a := a.(type) {
-		case checkpoint.SendBarrier:
-			b := a.Barrier
-			c.log.Debug("barrier", "job", job, "checkpoint", b.Checkpoint, "kind", b.Kind.String())
-			c.publish(c.ns.Barrier(job), &b)
-		case checkpoint.WriteMetadata:
-			r := a.Record
-			go func() {
-				// The objects are checked while the metadata is written: a
-				// metadata object of a checkpoint that then aborts belongs
-				// to nothing (only the commit completes a checkpoint) and is
-				// overwritten or swept.
-				start := time.Now()
-				verified := make(chan error, 1)
-				go func() { verified <- c.verifyObjects(r) }()
-				err := c.writeMetadata(r)
-				wrote := time.Since(start)
-				err = cmp.Or(<-verified, err)
-				c.log.Debug("checkpoint objects verified", "job", job, "id", r.ID, "objects", countObjects(r),
-					"metadata_write", wrote, "with_verification", time.Since(start), "err", err)
-				c.enqueue(func(now time.Time) {
-					if e := c.jobs[job]; e != nil && e.cc != nil {
-						c.doCC(job, e.cc.MetadataWritten(r.ID, err, now), now)
-					}
-				})
-			}()
-		case checkpoint.Commit:
-			r, a := a.Record, a
-			go func() {
-				var err error
-				if c.cfg.BeforeCommit != nil {
-					err = c.cfg.BeforeCommit(r)
-				}
-				if err == nil {
-					// Retried through leader elections until the checkpoint
-					// times out, and tried once at least.
-					deadline := a.Deadline
-					if minimum := time.Now().Add(c.cfg.RequestTimeout); deadline.Before(minimum) {
-						deadline = minimum
-					}
-					ctx, cancel := context.WithDeadline(context.Background(), deadline)
-					err = c.store.Commit(ctx, c.epoch, r)
-					cancel()
-				}
-				c.enqueue(func(now time.Time) {
-					if e := c.jobs[job]; e != nil && e.cc != nil {
-						c.doCC(job, e.cc.Committed(r.ID, err, now), now)
-					}
-				})
-			}()
-		case checkpoint.NotifyComplete:
-			// The record is durable in JetStream: only now is it announced.
-			r := a.Record
-			done := a.Complete
-			c.publish(c.ns.Complete(job), &done)
-			e.jm.CheckpointCompleted(restorePoints(r)[0])
-			kind := subjects.EventCheckpointCompleted
-			if r.Kind == subjects.KindSavepoint {
-				kind = subjects.EventSavepointCompleted
-			}
-			c.log.Info(r.Kind.String()+" completed", "job", job, "id", r.ID, "location", r.Location,
-				"size", r.Size, "uploaded", r.Uploaded, "duration", r.Completed.Sub(r.Triggered))
-			c.event(subjects.Event{Kind: kind, Job: job, Checkpoint: r.ID, Location: c.locationOf(r.Location),
-				Message: fmt.Sprintf("%d bytes (%d uploaded) in %s", r.Size, r.Uploaded, r.Completed.Sub(r.Triggered).Round(time.Millisecond))}, job)
-			e.lastCompleted = r.Completed
-			c.recordAttempt(a.Attempt)
-		case checkpoint.NotifyAbort:
-			ab := a.Abort
-			c.publish(c.ns.Abort(job), &ab)
-			kind := subjects.EventCheckpointFailed
-			if a.Kind == subjects.KindSavepoint {
-				kind = subjects.EventSavepointFailed
-			}
-			c.log.Warn(a.Kind.String()+" aborted", "job", job, "id", ab.Checkpoint, "reason", ab.Reason)
-			c.event(subjects.Event{Kind: kind, Job: job, Checkpoint: ab.Checkpoint, Error: ab.Reason}, job)
-			c.recordAttempt(a.Attempt)
-		case checkpoint.SavepointDone:
-			c.savepointDone(job, a, now)
-		case checkpoint.DeleteCheckpoint:
-			r, files := a.Record, a.Files
-			e.jm.CheckpointDeleted(r.ID)
-			go c.deleteCheckpoint(r, files)
-		case checkpoint.FailJob:
-			c.log.Error("failing job over", "job", job, "reason", a.Reason)
-			c.doJM(job, e.jm.FailAll(a.Reason, now), now)
-		default:
-			panic(fmt.Sprintf("coordinator: unknown checkpoint action %T", a))
+// commit commits a checkpoint record and feeds the outcome back
+// (engine.Commit). It is retried through leader elections until the
+// checkpoint times out, and tried once at least.
+func (c *leader) commit(f engine.Commit) {
+	var err error
+	if c.cfg.BeforeCommit != nil {
+		err = c.cfg.BeforeCommit(f.Record)
+	}
+	if err == nil {
+		deadline := f.Deadline
+		if minimum := time.Now().Add(c.cfg.RequestTimeout); deadline.Before(minimum) {
+			deadline = minimum
 		}
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		err = c.store.Commit(ctx, c.epoch, f.Record)
+		cancel()
 	}
-}
-
-func handlesOf(r subjects.CheckpointRecord) []statebackend.Handle {
-	out := make([]statebackend.Handle, 0, len(r.Tasks))
-	for _, t := range r.Tasks {
-		out = append(out, t.Handle)
-	}
-	return out
-}
-
-// restorePoints turns records into job-master restore points.
-func restorePoints(rs ...subjects.CheckpointRecord) []jobmaster.RestorePoint {
-	out := make([]jobmaster.RestorePoint, 0, len(rs))
-	for _, r := range rs {
-		rp := jobmaster.RestorePoint{ID: r.ID, Handles: handlesOf(r)}
-		if op, ok := r.Operator(); ok {
-			rp.Operator = &op
-		}
-		out = append(out, rp)
-	}
-	return out
+	c.feed(engine.Committed{Job: f.Job, ID: f.Record.ID, Err: err})
 }
 
 func (c *leader) publish(subject string, m subjects.Message) {
@@ -241,7 +155,7 @@ func (c *leader) verifyObjects(r subjects.CheckpointRecord) error {
 			}
 		}()
 	}
-	for _, dir := range sortedKeys(dirs) {
+	for _, dir := range slices.Sorted(maps.Keys(dirs)) {
 		if keys := dirs[dir]; len(keys) < verifyListMin {
 			for _, k := range keys {
 				work <- func() ([]objectstore.ObjectInfo, error) {
@@ -259,7 +173,7 @@ func (c *leader) verifyObjects(r subjects.CheckpointRecord) error {
 		return fmt.Errorf("checking the objects of %s %d: %w", r.Kind, r.ID, failed)
 	}
 	missing := &checkpoint.MissingObjectsError{}
-	for _, k := range sortedKeys(want) {
+	for _, k := range slices.Sorted(maps.Keys(want)) {
 		size, ok := found[k]
 		detail := ""
 		switch {
@@ -319,35 +233,6 @@ func (c *leader) deleteCheckpoint(r subjects.CheckpointRecord, files []string) {
 	}
 }
 
-func (c *leader) savepointDone(job string, a checkpoint.SavepointDone, now time.Time) {
-	w, ok := c.waiters[a.Request]
-	delete(c.waiters, a.Request)
-	res := a.Result
-	if res.Error == nil {
-		res.Location = c.locationOf(res.Location)
-	} else {
-		// Whoever triggered it may not be listening (a bare publish): the
-		// log and the event are how they learn why no savepoint came.
-		c.log.Warn("savepoint request failed", "job", job, "request", a.Request, "err", res.Error)
-		c.event(subjects.Event{Kind: subjects.EventCheckpointFailed, Job: job, Error: res.Error,
-			Message: "savepoint request failed: " + res.Error.Message}, job)
-	}
-	if a.Stop && res.Error == nil {
-		// stop-with-savepoint: the job ends only now that the savepoint is
-		// committed.
-		e := c.jobs[job]
-		c.doCC(job, e.cc.Cancel("job stopped with a savepoint", now), now)
-		c.doJM(job, e.jm.Finish("stopped with savepoint "+res.Location, now), now)
-		if ok && w.rescale > 0 {
-			c.rescaleFrom(job, w, res, now)
-			return
-		}
-	}
-	if ok && w.reply != nil {
-		subjects.Reply(w.reply, &res)
-	}
-}
-
 // locationOf returns the full location (store location + key) of key.
 func (c *leader) locationOf(key string) string {
 	return objectstore.JoinLocation(c.cfg.Store.Location(), key)
@@ -397,17 +282,7 @@ func (c *leader) onAck(msg *nats.Msg) {
 		c.log.Warn("bad ack", "subject", msg.Subject, "err", err)
 		return
 	}
-	c.enqueue(func(now time.Time) {
-		e := c.jobs[a.Job]
-		if e == nil || e.cc == nil {
-			return
-		}
-		acts, ignored := e.cc.Ack(&a, now)
-		if ignored != "" {
-			c.log.Debug("ack ignored", "job", a.Job, "reason", ignored)
-		}
-		c.doCC(a.Job, acts, now)
-	})
+	c.feed(engine.Ack{Ack: a})
 }
 
 func (c *leader) onDecline(msg *nats.Msg) {
@@ -420,11 +295,7 @@ func (c *leader) onDecline(msg *nats.Msg) {
 		c.log.Warn("bad decline", "subject", msg.Subject, "err", err)
 		return
 	}
-	c.enqueue(func(now time.Time) {
-		if e := c.jobs[d.Job]; e != nil && e.cc != nil {
-			c.doCC(d.Job, e.cc.Decline(&d, now), now)
-		}
-	})
+	c.feed(engine.Decline{Decline: d})
 }
 
 // onTriggerSavepoint handles `nats pub|req flotilla.trigger.savepoint.<job>`.
@@ -444,57 +315,46 @@ func (c *leader) onTriggerSavepoint(msg *nats.Msg) {
 		return
 	}
 	t.Job = job
-	c.triggerSavepoint(t, savepointWaiter{reply: r})
+	c.triggerSavepoint(t, r, 0)
 }
 
+// savepointError refuses a savepoint request before it is queued; r may
+// be nil (nobody to answer).
 func (c *leader) savepointError(r subjects.Responder, job string, err error) {
-	c.log.Warn("savepoint refused", "job", job, "err", err)
-	about := job
-	if subjects.ValidateName("job", job) != nil {
-		about = "" // not a subject token
-	}
-	c.event(subjects.Event{Kind: subjects.EventCheckpointFailed, Job: job, Error: subjects.AsError(err),
-		Message: "savepoint request refused"}, about)
-	if r != nil {
-		subjects.Reply(r, &subjects.SavepointResult{Job: job, Error: subjects.AsError(err)})
-	}
+	c.feed(engine.RefuseSavepoint{Job: job, Err: err, Reply: replyTo(r)})
 }
 
-// triggerSavepoint queues a savepoint of t.Job; w hears the outcome.
-func (c *leader) triggerSavepoint(t subjects.TriggerSavepoint, w savepointWaiter) {
+// triggerSavepoint queues a savepoint of t.Job; reply (if not nil) hears
+// the outcome. rescale > 0 stops the job and resubmits it at that
+// parallelism.
+func (c *leader) triggerSavepoint(t subjects.TriggerSavepoint, reply subjects.Responder, rescale int) {
 	if err := subjects.ValidateName("job", t.Job); err != nil {
-		c.savepointError(w.reply, t.Job, err)
+		c.savepointError(reply, t.Job, err)
 		return
 	}
 	dir := ""
 	if t.Target != "" {
 		key, err := c.resolveLocation(t.Target)
 		if err != nil {
-			c.savepointError(w.reply, t.Job, err)
+			c.savepointError(reply, t.Job, err)
 			return
 		}
 		// A savepoint inside a job's checkpoint directories would be taken
 		// for that job's orphans and swept.
 		if job, _, _ := strings.Cut(key, "/"); isCheckpointObject(job, key+"/sp-0") {
-			c.savepointError(w.reply, t.Job, subjects.Errorf(subjects.CodeInvalidLocation,
+			c.savepointError(reply, t.Job, subjects.Errorf(subjects.CodeInvalidLocation,
 				"%s lies among the checkpoints of job %q; write savepoints elsewhere", t.Target, job))
 			return
 		}
 		dir = key
 	}
-	c.enqueue(func(now time.Time) {
-		e := c.jobs[t.Job]
-		if e == nil {
-			c.savepointError(w.reply, t.Job, unknownJob(t.Job))
-			return
-		}
-		if e.jm.State().Terminal() {
-			c.savepointError(w.reply, t.Job, subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", t.Job, e.jm.State()))
-			return
-		}
-		c.requests++
-		c.waiters[c.requests] = w
-		e.cc.TriggerSavepoint(checkpoint.SavepointRequest{ID: c.requests, Format: t.Format, Dir: dir, Stop: t.Stop || w.rescale > 0}, now)
-		c.log.Info("savepoint requested", "job", t.Job, "format", t.Format.String(), "stop", t.Stop, "rescale", w.rescale)
-	})
+	c.feed(engine.TriggerSavepoint{Request: t, Dir: dir, Reply: replyTo(reply), Rescale: rescale})
+}
+
+// replyTo is r as an engine reply token: nil, not a typed nil, for nobody.
+func replyTo(r subjects.Responder) any {
+	if r == nil {
+		return nil
+	}
+	return r
 }

@@ -3,18 +3,22 @@ package coordinator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
 	"github.com/flotilla-io/flotilla/coordinator/election"
+	"github.com/flotilla-io/flotilla/coordinator/engine"
 	"github.com/flotilla-io/flotilla/coordinator/metastore"
 	"github.com/flotilla-io/flotilla/coordinator/metastore/metastoretest"
 	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/objectstore"
+	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
@@ -148,9 +152,9 @@ func TestSweepKeepsFilesOfStoredRecords(t *testing.T) {
 		}
 	}
 	// The coordinator's view retains nothing.
-	l.jobs["clicks"] = &jobEntry{cc: checkpoint.New(checkpoint.Config{Job: "clicks", Parallelism: 1, MaxParallelism: 8}, nil, 0)}
 	done := make(chan int, 1)
-	l.sweepOrphans(time.Now().Add(time.Hour), time.Minute, done)
+	l.sweepOrphans(engine.SweepOrphans{Jobs: []engine.SweepJob{{Job: "clicks", Referenced: map[string]bool{}}},
+		Cutoff: time.Now().Add(time.Hour - time.Minute)}, done)
 	if n := <-done; n != 1 {
 		t.Errorf("swept %d objects, want 1 (the orphan)", n)
 	}
@@ -158,5 +162,138 @@ func TestSweepKeepsFilesOfStoredRecords(t *testing.T) {
 		if _, err := store.Stat(ctx, k); err != nil {
 			t.Errorf("file %s of a stored record was swept: %v", k, err)
 		}
+	}
+}
+
+// slowLoad is a metadata store whose Load of one job takes delay.
+type slowLoad struct {
+	metastore.Store
+	job   string
+	delay time.Duration
+}
+
+func (s slowLoad) Load(ctx context.Context, job string, prune bool) (metastore.JobCheckpoints, []error, error) {
+	if job == s.job {
+		time.Sleep(s.delay)
+	}
+	return s.Store.Load(ctx, job, prune)
+}
+
+// TestAdoptionWindowOpensWhenServing: a new term adopts the tasks a worker
+// reports at once, even when loading the jobs took longer than the
+// adoption window (the heartbeat timeout): the window opens when the term
+// answers workers, not when a job was loaded. Job "b" loads slowly; the
+// worker runs task 0 of job "a", which was loaded first.
+func TestAdoptionWindowOpensWhenServing(t *testing.T) {
+	const hbTimeout = 500 * time.Millisecond
+	srv := testutil.RunNATS(t)
+	nc := testutil.Connect(t, srv)
+	ctx := context.Background()
+	clock := testutil.NewClock(time.Unix(1_000_000, 0))
+	const ttl = time.Minute
+	mem := metastore.NewMem(metastore.Options{LeaseTTL: ttl}, clock.Now)
+	if _, err := mem.Acquire(ctx, "c1", clock.Now()); err != nil {
+		t.Fatal(err)
+	}
+	spec := func(name string) subjects.JobSpec {
+		return subjects.JobSpec{Name: name, Parallelism: 1, MaxParallelism: 8,
+			Source:   subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
+			Operator: subjects.OperatorSpec{Type: "count"}}.WithDefaults()
+	}
+	for _, name := range []string{"a", "b"} {
+		if err := mem.PutJob(ctx, 1, subjects.JobRecord{Spec: spec(name), State: subjects.JobRunning, FirstID: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Advance(ttl + time.Second)
+	lease, err := mem.Acquire(ctx, "c2", clock.Now())
+	if err != nil || lease.Term < 2 {
+		t.Fatalf("c2's lease: %+v %v", lease, err)
+	}
+	co := &Coordinator{cfg: Config{Name: "c2", Conn: nc, Store: objectstore.NewMem(), RequestTimeout: time.Second,
+		TickInterval: 10 * time.Millisecond, Now: time.Now, HeartbeatInterval: 100 * time.Millisecond, HeartbeatTimeout: hbTimeout,
+		OrphanSweepInterval: time.Hour, OrphanGrace: time.Hour},
+		nc: nc, log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: newCoordMetrics(),
+		store: slowLoad{Store: mem, job: "b", delay: 3 * hbTimeout}, elect: election.New(election.Config{TTL: ttl})}
+	co.elect.Tick(time.Now())
+	if acts := co.elect.Acquired(lease, nil, time.Now(), time.Now()); len(acts) != 1 {
+		t.Fatalf("not leading: %v", acts)
+	}
+	done := make(chan struct{})
+	lctx, stop := context.WithCancel(ctx)
+	l := co.newLeader(lease.Term, done)
+	served := make(chan error, 1)
+	go func() {
+		err := l.setup(lctx)
+		if err == nil {
+			err = l.serve(lctx, func() {})
+		}
+		served <- err
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-served
+		close(done)
+	})
+
+	// The worker of term 1: it heartbeats until the new term answers, then
+	// registers with what it runs, well within the window once the term
+	// answers.
+	ns := subjects.Namespace{}
+	rng := keygroup.ForTask(0, 1, 8)
+	running := subjects.SlotReport{Slot: 0, Allocation: "a1-1", Job: "a", Task: 0, Attempt: 1<<20 | 1, State: subjects.TaskRunning, Range: &rng}
+	var resp subjects.RegisterResponse
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		var hb subjects.HeartbeatResponse
+		msg, err := nc.Request(ns.Heartbeat("w1"), subjects.MustEncode(&subjects.Heartbeat{Worker: "w1", Instance: "old", Epoch: 1}), time.Second)
+		if err != nil {
+			return err
+		}
+		if err := subjects.Decode(msg.Data, &hb); err != nil {
+			return err
+		}
+		if subjects.CodeOf(hb.Error) != subjects.CodeUnknownWorker {
+			return fmt.Errorf("heartbeat answered %+v", hb)
+		}
+		return nil
+	})
+	// A worker registers at its next heartbeat.
+	time.Sleep(co.cfg.HeartbeatInterval)
+	msg, err := nc.Request(ns.Register(), subjects.MustEncode(&subjects.RegisterRequest{Worker: "w1", Slots: 1, Operators: []string{"count"},
+		Epoch: 1, Running: []subjects.SlotReport{running}}), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := subjects.Decode(msg.Data, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(resp.Adopted, "a1-1") {
+		t.Fatalf("registered with task 0 of job a running: adopted %v, want a1-1 (error %v)", resp.Adopted, resp.Error)
+	}
+}
+
+// TestPersisterLandsLatestRecord: job records written off the loop land,
+// the newest last, through a metadata store that loses requests and
+// answers; flush waits until they have.
+func TestPersisterLandsLatestRecord(t *testing.T) {
+	l, ms, _, _ := newTestLeader(t, time.Minute)
+	l.store = metastore.WithFaults(ms, metastore.RandomFaults(7, 0.3))
+	spec := subjects.JobSpec{Name: "clicks", Parallelism: 1, MaxParallelism: 8,
+		Source:   subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
+		Operator: subjects.OperatorSpec{Type: "count"}}.WithDefaults()
+	for i := uint64(1); i <= 50; i++ {
+		l.persist.put(subjects.JobRecord{Spec: spec, State: subjects.JobRunning, FirstID: i})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.persist.flush(ctx, "clicks"); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := ms.Jobs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].FirstID != 50 {
+		t.Fatalf("stored %+v, want the 50th record", recs)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -12,9 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/flotilla-io/flotilla/coordinator/engine"
 	"github.com/flotilla-io/flotilla/coordinator/jobmaster"
-	"github.com/flotilla-io/flotilla/coordinator/resource"
-	"github.com/flotilla-io/flotilla/statebackend/keygroup"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
@@ -97,43 +95,7 @@ func (c *leader) onRegister(msg *nats.Msg) {
 		subjects.Reply(msg, &subjects.RegisterResponse{Error: subjects.AsError(err)})
 		return
 	}
-	c.enqueue(func(now time.Time) {
-		adopted, jmActs := c.adopt(&req, now)
-		resp, acts := c.rm.Register(&req, adopted, now)
-		subjects.Reply(msg, &resp)
-		if len(resp.Adopted) > 0 {
-			c.log.Info("worker registered; its running tasks adopted", "worker", req.Worker, "adopted", resp.Adopted)
-		}
-		c.doRM(acts, now)
-		for _, job := range sortedKeys(jmActs) {
-			c.doJM(job, jmActs[job], now)
-		}
-	})
-}
-
-// adopt offers the attempts a worker of an earlier term reports running to
-// their jobs' masters, which adopt them while they recover, and returns the
-// allocations adopted with the job masters' actions. A job whose attempt is
-// adopted triggers its checkpoints above every id the attempt took.
-func (c *leader) adopt(req *subjects.RegisterRequest, now time.Time) ([]resource.Allocation, map[string][]jobmaster.Action) {
-	if req.Epoch >= c.epoch {
-		return nil, nil
-	}
-	var out []resource.Allocation
-	acts := map[string][]jobmaster.Action{}
-	for _, s := range req.Running {
-		e := c.jobs[s.Job]
-		if e == nil {
-			continue
-		}
-		ok, a := e.jm.Adopt(req.Worker, s, now)
-		acts[s.Job] = append(acts[s.Job], a...)
-		if ok {
-			e.cc.Above(s.Checkpoint)
-			out = append(out, resource.Allocation{ID: s.Allocation, Job: s.Job, Worker: req.Worker, Slot: s.Slot})
-		}
-	}
-	return out, acts
+	c.feed(engine.Register{Req: req, Reply: msg})
 }
 
 func (c *leader) onHeartbeat(msg *nats.Msg) {
@@ -148,21 +110,7 @@ func (c *leader) onHeartbeat(msg *nats.Msg) {
 		subjects.Reply(msg, &subjects.HeartbeatResponse{Error: subjects.AsError(err)})
 		return
 	}
-	c.enqueue(func(now time.Time) {
-		resp, acts := c.rm.Heartbeat(&hb, now)
-		subjects.Reply(msg, &resp)
-		if resp.Error == nil {
-			c.recordFigures(&hb)
-		}
-		c.doRM(acts, now)
-		if resp.Error == nil {
-			for _, s := range hb.Slots {
-				if e := c.jobs[s.Job]; e != nil && s.Attempt != 0 {
-					e.jm.TaskSkipped(subjects.TaskRef{Job: s.Job, Task: s.Task, Attempt: s.Attempt}, s.Skipped)
-				}
-			}
-		}
-	})
+	c.feed(engine.Heartbeat{HB: hb, Reply: msg})
 }
 
 func (c *leader) onOffer(msg *nats.Msg) {
@@ -175,38 +123,7 @@ func (c *leader) onOffer(msg *nats.Msg) {
 		subjects.Reply(msg, &subjects.OfferResponse{Error: subjects.AsError(err)})
 		return
 	}
-	c.enqueue(func(now time.Time) {
-		if o.Epoch != c.epoch {
-			subjects.Reply(msg, &subjects.OfferResponse{Error: subjects.Errorf(subjects.CodeStaleEpoch, "offer for epoch %d, coordinator epoch is %d", o.Epoch, c.epoch)})
-			return
-		}
-		// Only allocations the resource manager requested for this job on
-		// this worker may enter the job's pool.
-		var valid []subjects.OfferedSlot
-		for _, s := range o.Slots {
-			if a, ok := c.rm.Allocation(s.Allocation); ok && a.Job == o.Job && a.Worker == o.Worker {
-				c.rm.SlotRequestAnswered(s.Allocation, s.Slot)
-				valid = append(valid, s)
-			}
-		}
-		e := c.jobs[o.Job]
-		var accepted []string
-		if e != nil {
-			var acts []jobmaster.Action
-			accepted, acts = e.jm.Offer(o.Worker, valid, now)
-			c.doJM(o.Job, acts, now)
-		}
-		subjects.Reply(msg, &subjects.OfferResponse{Accepted: accepted})
-		taken := map[string]bool{}
-		for _, a := range accepted {
-			taken[a] = true
-		}
-		for _, s := range valid {
-			if !taken[s.Allocation] {
-				c.doRM(c.rm.Release(s.Allocation, now), now)
-			}
-		}
-	})
+	c.feed(engine.Offer{Offer: o, Reply: msg})
 }
 
 func (c *leader) onStatus(msg *nats.Msg) {
@@ -219,28 +136,7 @@ func (c *leader) onStatus(msg *nats.Msg) {
 		c.log.Warn("bad task status", "subject", msg.Subject, "err", err)
 		return
 	}
-	c.enqueue(func(now time.Time) {
-		if e := c.jobs[st.Job]; e != nil {
-			if st.Gap != nil {
-				c.inputGap(e, &st)
-			}
-			c.doJM(st.Job, e.jm.TaskStatus(&st, now), now)
-		}
-	})
-}
-
-// inputGap records input events a task continued past (source.on_gap
-// continue): in the log, as an event, and in job status.
-func (c *leader) inputGap(e *jobEntry, st *subjects.TaskStatus) {
-	const keep = 100
-	e.gaps = append(e.gaps, *st.Gap)
-	if len(e.gaps) > keep {
-		e.gaps = e.gaps[len(e.gaps)-keep:]
-	}
-	msg := fmt.Sprintf("task %d continued past lost input events: %s", st.Task, st.Gap)
-	c.log.Error("input events lost", "job", st.Job, "task", st.Task, "gap", st.Gap.String())
-	c.event(subjects.Event{Kind: subjects.EventInputGap, Job: st.Job, Worker: st.Worker, Message: msg,
-		Error: subjects.Errorf(subjects.CodeDataLoss, "%s", msg)}, st.Job)
+	c.feed(engine.Status{Status: st})
 }
 
 // call runs f on the loop and waits for its result. If the term ends
@@ -252,6 +148,20 @@ func call[T any](c *leader, f func(now time.Time) T) T {
 	select {
 	case v := <-ch:
 		return v
+	case <-c.done:
+		panic(termEnded{})
+	}
+}
+
+// ask steps the engine with the event ev makes of a reply token and waits
+// for the engine's reply. If the term ends first it panics with termEnded,
+// as call does.
+func ask[T subjects.Message](c *leader, ev func(reply any) engine.Event) T {
+	ch := make(chan subjects.Message, 1)
+	c.feed(ev(ch))
+	select {
+	case m := <-ch:
+		return m.(T)
 	case <-c.done:
 		panic(termEnded{})
 	}
@@ -350,7 +260,7 @@ func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange 
 		if err := checkRestoredOperator(sp, spec, allowOperatorChange); err != nil {
 			return subjects.JobInfo{}, err
 		}
-		fromKey, restore, fromRec = key, restorePoints(sp), &sp
+		fromKey, restore, fromRec = key, engine.RestorePoints(sp), &sp
 		restore[0].AllowOperatorChange = allowOperatorChange
 	}
 	spec, err := c.resolveInput(spec)
@@ -373,27 +283,16 @@ func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange 
 	if err != nil {
 		return subjects.JobInfo{}, subjects.Errorf(subjects.CodeStorageUnavailable, "reading checkpoints of %q: %v", spec.Name, err)
 	}
-	info := call(c, func(now time.Time) subjects.JobInfo {
-		if e := c.jobs[spec.Name]; e != nil && !e.jm.State().Terminal() {
-			return subjects.JobInfo{Error: subjects.Errorf(subjects.CodeJobExists, "job %q is %s; cancel or stop it first", spec.Name, e.jm.State())}
-		}
-		// The run's checkpoint ids continue after every record of the job
-		// name, committed or not (never reuse the id of a commit in flight),
-		// and after the savepoint's, which may be another job's: restore
-		// points are tried newest id first.
-		latest := jc.Highest
-		if fromRec != nil {
-			latest = max(latest, fromRec.ID)
-		}
-		rec := subjects.JobRecord{Spec: spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: fromKey, FirstID: latest + 1,
-			AllowOperatorChange: allowOperatorChange && fromKey != "", FirstAttempt: jobmaster.NextAttempt(c.epoch, c.attempts)}
-		c.persist(rec)
-		c.event(subjects.Event{Kind: subjects.EventJobSubmitted, Job: spec.Name, Location: from}, spec.Name)
-		c.startJob(rec, runCheckpoints{latest: latest, restore: restore, from: fromRec}, time.Time{}, now)
-		return c.jobInfo(c.jobs[spec.Name])
+	info := *ask[*subjects.JobInfo](c, func(reply any) engine.Event {
+		return engine.Submit{Spec: spec, From: from, FromKey: fromKey, AllowOperatorChange: allowOperatorChange,
+			Checkpoints: engine.RunCheckpoints{Latest: jc.Highest, Restore: restore, From: fromRec}, Reply: reply}
 	})
 	info.Warnings = warnings
 	if info.Error == nil {
+		// The run's record is durable before the user hears of the run.
+		if err := c.persist.flush(ctx, spec.Name); err != nil {
+			info.Warnings = append(info.Warnings, fmt.Sprintf("the job's record is not yet written to the metadata store (%v); it is retried", err))
+		}
 		// Records of the job's earlier runs are never restored by this run:
 		// forget them (their files are reclaimed by the orphan sweep), but
 		// keep the one this run restores from.
@@ -428,7 +327,7 @@ func (c *leader) checkOperator(spec subjects.JobSpec) error {
 			return nil
 		}
 	}
-	known := call(c, func(time.Time) bool { return c.rm.HasOperator(spec.Operator.Type) })
+	known := call(c, func(time.Time) bool { return c.eng.HasOperator(spec.Operator.Type) })
 	if !known {
 		return subjects.Errorf(subjects.CodeUnknownOperator, "operator %q is not built in and no registered worker has it (built in: %s)",
 			spec.Operator.Type, strings.Join(subjects.BuiltinOperators, ", "))
@@ -455,10 +354,8 @@ func (c *leader) apiJobStatus(r micro.Request) {
 		return
 	}
 	info := call(c, func(time.Time) subjects.JobInfo {
-		if e := c.jobs[req.Job]; e != nil {
-			return c.jobInfo(e)
-		}
-		return subjects.JobInfo{Error: unknownJob(req.Job)}
+		info, _ := c.eng.JobInfo(req.Job)
+		return info
 	})
 	subjects.Reply(microResponder{r}, &info)
 }
@@ -468,25 +365,15 @@ func (c *leader) apiJobCancel(r micro.Request) {
 	if !ok {
 		return
 	}
-	info := call(c, func(now time.Time) subjects.JobInfo {
-		e := c.jobs[req.Job]
-		if e == nil {
-			return subjects.JobInfo{Error: unknownJob(req.Job)}
-		}
-		c.doCC(req.Job, e.cc.Cancel("job canceled", now), now)
-		c.doJM(req.Job, e.jm.Cancel("canceled by user", now), now)
-		return e.jm.Info()
-	})
-	subjects.Reply(microResponder{r}, &info)
+	info := ask[*subjects.JobInfo](c, func(reply any) engine.Event { return engine.CancelJob{Job: req.Job, Reply: reply} })
+	subjects.Reply(microResponder{r}, info)
 }
 
 func (c *leader) apiJobList(r micro.Request) {
 	list := call(c, func(time.Time) subjects.JobList {
-		out := subjects.JobList{Jobs: []subjects.JobInfo{}}
-		for _, name := range sortedKeys(c.jobs) {
-			info := c.jobInfo(c.jobs[name])
-			info.Spec = nil
-			out.Jobs = append(out.Jobs, info)
+		out := subjects.JobList{Jobs: c.eng.Jobs()}
+		for i := range out.Jobs {
+			out.Jobs[i].Spec = nil
 		}
 		return out
 	})
@@ -495,7 +382,7 @@ func (c *leader) apiJobList(r micro.Request) {
 
 func (c *leader) apiWorkerList(r micro.Request) {
 	list := call(c, func(time.Time) subjects.WorkerList {
-		return subjects.WorkerList{Workers: append([]subjects.WorkerInfo{}, c.rm.Workers()...)}
+		return subjects.WorkerList{Workers: c.eng.Workers()}
 	})
 	subjects.Reply(microResponder{r}, &list)
 }
@@ -515,25 +402,8 @@ func (c *leader) apiStateGet(r micro.Request) {
 		err *subjects.Error
 	}
 	l := call(c, func(time.Time) lookup {
-		e := c.jobs[q.Job]
-		if e == nil {
-			return lookup{err: unknownJob(q.Job)}
-		}
-		st := e.jm.State()
-		if st != subjects.JobRunning && st != subjects.JobWaiting {
-			return lookup{err: subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", q.Job, st)}
-		}
-		g := keygroup.Of([]byte(q.Key), e.jm.Spec().MaxParallelism)
-		if info := e.jm.Info(); info.Waiting != nil {
-			// Say which task cannot answer and why, rather than time out.
-			for _, t := range info.Tasks {
-				if t.Range.Contains(g) && t.Worker == "" {
-					return lookup{g: g, err: subjects.Errorf(subjects.CodeUnavailable, "task %d of %q, owning key group %d, has no slot: the job is %s",
-						t.Task, q.Job, g, info.Waiting)}
-				}
-			}
-		}
-		return lookup{g: g}
+		g, err := c.eng.StateLookup(q.Job, q.Key)
+		return lookup{g: g, err: err}
 	})
 	if l.err != nil {
 		subjects.Reply(microResponder{r}, &subjects.StateResult{Job: q.Job, Key: q.Key, Group: l.g, Error: l.err})
@@ -558,30 +428,13 @@ func (c *leader) apiStateGet(r micro.Request) {
 	subjects.Reply(microResponder{r}, &res)
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 // savepointRefused answers a savepoint, stop or rescale request at once,
 // from the handler, if its job does not exist or is not running, and
 // returns whether it did.
 func (c *leader) savepointRefused(r micro.Request, job string) bool {
 	err := subjects.AsError(subjects.ValidateName("job", job))
 	if err == nil {
-		err = call(c, func(time.Time) *subjects.Error {
-			switch e := c.jobs[job]; {
-			case e == nil:
-				return unknownJob(job)
-			case e.jm.State().Terminal():
-				return subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", job, e.jm.State())
-			}
-			return nil
-		})
+		err = call(c, func(time.Time) *subjects.Error { return c.eng.Refusal(job) })
 	}
 	if err != nil {
 		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Job: job, Error: err})
@@ -594,7 +447,7 @@ func (c *leader) apiJobStop(r micro.Request) {
 	if !ok || c.savepointRefused(r, req.Job) {
 		return
 	}
-	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job, Stop: true}, savepointWaiter{reply: later(c.nc, r)})
+	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job, Stop: true}, later(c.nc, r), 0)
 }
 
 func (c *leader) apiJobRescale(r micro.Request) {
@@ -603,12 +456,7 @@ func (c *leader) apiJobRescale(r micro.Request) {
 		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
 		return
 	}
-	maxP := call(c, func(time.Time) int {
-		if e := c.jobs[req.Job]; e != nil {
-			return e.jm.Spec().MaxParallelism
-		}
-		return 0
-	})
+	maxP := call(c, func(time.Time) int { return c.eng.MaxParallelism(req.Job) })
 	if maxP > 0 && req.Parallelism > maxP {
 		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Job: req.Job,
 			Error: subjects.Errorf(subjects.CodeParallelismTooHigh, "parallelism %d is above max_parallelism %d", req.Parallelism, maxP)})
@@ -617,30 +465,26 @@ func (c *leader) apiJobRescale(r micro.Request) {
 	if c.savepointRefused(r, req.Job) {
 		return
 	}
-	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job}, savepointWaiter{reply: later(c.nc, r), rescale: req.Parallelism})
+	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job}, later(c.nc, r), req.Parallelism)
 }
 
-// rescaleFrom resubmits a job stopped with a savepoint at the waiter's
-// parallelism, restoring from that savepoint.
-func (c *leader) rescaleFrom(job string, w savepointWaiter, res subjects.SavepointResult, now time.Time) {
-	spec := c.jobs[job].jm.Spec()
-	spec.Parallelism = w.rescale
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				if _, ok := v.(termEnded); !ok {
-					panic(v)
-				}
-				res.Error = subjects.Errorf(subjects.CodeNotLeader, "job stopped with savepoint %s, but the leader's term ended before resubmitting it at parallelism %d: submit it from the savepoint", res.Location, w.rescale)
-				subjects.Reply(w.reply, &res)
+// resubmit resubmits a job stopped with a savepoint at a new parallelism,
+// restoring from that savepoint (engine.Resubmit), and answers.
+func (c *leader) resubmit(f engine.Resubmit) {
+	res, to := f.Result, f.To.(subjects.Responder)
+	defer func() {
+		if v := recover(); v != nil {
+			if _, ok := v.(termEnded); !ok {
+				panic(v)
 			}
-		}()
-		_, err := c.submit(spec, res.Location, false)
-		if err != nil {
-			res.Error = subjects.Errorf(subjects.CodeOf(err), "job stopped with savepoint %s, but resubmitting at parallelism %d failed: %v", res.Location, w.rescale, err)
+			res.Error = subjects.Errorf(subjects.CodeNotLeader, "job stopped with savepoint %s, but the leader's term ended before resubmitting it at parallelism %d: submit it from the savepoint", res.Location, f.Spec.Parallelism)
+			subjects.Reply(to, &res)
 		}
-		subjects.Reply(w.reply, &res)
 	}()
+	if _, err := c.submit(f.Spec, res.Location, false); err != nil {
+		res.Error = subjects.Errorf(subjects.CodeOf(err), "job stopped with savepoint %s, but resubmitting at parallelism %d failed: %v", res.Location, f.Spec.Parallelism, err)
+	}
+	subjects.Reply(to, &res)
 }
 
 func (c *leader) apiSavepoint(r micro.Request) {
@@ -652,7 +496,7 @@ func (c *leader) apiSavepoint(r micro.Request) {
 	if c.savepointRefused(r, t.Job) {
 		return
 	}
-	c.triggerSavepoint(t, savepointWaiter{reply: later(c.nc, r)})
+	c.triggerSavepoint(t, later(c.nc, r), 0)
 }
 
 func (c *leader) listCheckpoints(r micro.Request, savepoints bool) {
@@ -663,15 +507,18 @@ func (c *leader) listCheckpoints(r micro.Request, savepoints bool) {
 	// A job this coordinator runs answers from its checkpoint coordinator,
 	// which decides retention (JetStream lags while subsumed records are
 	// being deleted); other jobs from JetStream.
-	var known bool
-	list := call(c, func(time.Time) []subjects.CheckpointRecord {
-		e := c.jobs[req.Job]
-		known = e != nil
-		if e != nil && e.cc != nil && !savepoints {
-			return append([]subjects.CheckpointRecord{}, e.cc.Retained()...)
-		}
-		return nil
+	type retained struct {
+		list  []subjects.CheckpointRecord
+		known bool
+	}
+	ret := call(c, func(time.Time) retained {
+		list, known := c.eng.Retained(req.Job)
+		return retained{list, known}
 	})
+	list, known := ret.list, ret.known
+	if savepoints {
+		list = nil
+	}
 	if list == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
 		defer cancel()
@@ -745,20 +592,8 @@ func (c *leader) apiSavepointDelete(r micro.Request) {
 		referenced map[string]bool
 	}
 	u := call(c, func(time.Time) users {
-		u := users{referenced: map[string]bool{}}
-		for _, name := range sortedKeys(c.jobs) {
-			e := c.jobs[name]
-			if e.cc == nil {
-				continue
-			}
-			for f := range e.cc.Referenced() {
-				u.referenced[f] = true
-			}
-			if e.from != nil && e.from.Location == rec.Location && !e.jm.State().Terminal() && len(e.cc.Retained()) == 0 {
-				u.inUse = name
-			}
-		}
-		return u
+		inUse, referenced := c.eng.SavepointUsers(rec.Location)
+		return users{inUse: inUse, referenced: referenced}
 	})
 	if u.inUse != "" {
 		fail(subjects.Errorf(subjects.CodeSavepointInUse, "job %q restored from %s and has completed no checkpoint since: it can restore from nothing else yet; delete the savepoint once a checkpoint completed", u.inUse, req.Location))

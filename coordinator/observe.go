@@ -9,54 +9,6 @@ import (
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
-// taskFigures are a task attempt's figures from its worker's last
-// heartbeat.
-type taskFigures struct {
-	worker  string
-	attempt uint64
-	stats   subjects.TaskStats
-}
-
-// recordFigures keeps the task figures of an accepted heartbeat. Loop only.
-func (c *leader) recordFigures(hb *subjects.Heartbeat) {
-	for _, s := range hb.Slots {
-		if s.Stats == nil || s.Attempt == 0 {
-			continue
-		}
-		if e := c.jobs[s.Job]; e != nil {
-			if e.figures == nil {
-				e.figures = map[int]taskFigures{}
-			}
-			e.figures[s.Task] = taskFigures{worker: hb.Worker, attempt: s.Attempt, stats: *s.Stats}
-		}
-	}
-}
-
-// jobInfo is the job master's view of a job with the figures of its
-// current attempts added. Loop only.
-func (c *leader) jobInfo(e *jobEntry) subjects.JobInfo {
-	info := e.jm.Info()
-	info.LastCheckpointAt = e.lastCompleted
-	in := subjects.DescribeInput(&e.rec.Spec)
-	in.Gaps = e.gaps
-	info.Input = &in
-	if info.State.Terminal() {
-		return info
-	}
-	for i := range info.Tasks {
-		t := &info.Tasks[i]
-		f, ok := e.figures[t.Task]
-		if !ok || f.attempt != t.Attempt || f.worker != t.Worker || t.State != subjects.TaskRunning {
-			continue
-		}
-		st := f.stats
-		t.Stats = &st
-		info.Rate += st.Rate
-		info.Lag += st.Lag
-	}
-	return info
-}
-
 // coordMetrics are the coordinator's Prometheus metrics that are observed
 // as things happen (once per checkpoint, never per event); the rest are
 // read from the loop at scrape time (Collect).
@@ -159,11 +111,7 @@ func (cc coordCollector) Collect(ch chan<- prometheus.Metric) {
 		return // standing by: the leader reports the fleet
 	}
 	snap, ok := tryCall(l, 5*time.Second, func(time.Time) fleetSnapshot {
-		s := fleetSnapshot{epoch: l.epoch, workers: append([]subjects.WorkerInfo(nil), l.rm.Workers()...)}
-		for _, name := range sortedKeys(l.jobs) {
-			s.jobs = append(s.jobs, l.jobInfo(l.jobs[name]))
-		}
-		return s
+		return fleetSnapshot{epoch: l.epoch, workers: l.eng.Workers(), jobs: l.eng.Jobs()}
 	})
 	if !ok {
 		return // the loop is not running: nothing to report but the above

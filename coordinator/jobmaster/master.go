@@ -479,7 +479,9 @@ func (m *Master) end(state subjects.JobState, reason string) []Action {
 	if m.state.Terminal() {
 		return nil
 	}
-	var acts []Action
+	// The demand drops to zero before the slots are released: released
+	// slots would otherwise be requested again for the job that ends.
+	acts := []Action{Demand{Slots: 0}}
 	for _, t := range m.tasks {
 		if t.alloc != "" && t.attempt != 0 {
 			s := m.pool[t.alloc]
@@ -492,7 +494,6 @@ func (m *Master) end(state subjects.JobState, reason string) []Action {
 		acts = append(acts, ReleaseSlot{Allocation: id})
 		delete(m.pool, id)
 	}
-	acts = append(acts, Demand{Slots: 0})
 	return append(acts, m.setState(state, reason)...)
 }
 

@@ -71,10 +71,10 @@ func TestScenarios(t *testing.T) {
 					t.Fatal(err)
 				}
 				until := now.Add(dur)
-				return format(m.Recover(until, attempt(arg("first")), now))
+				return format(m.Recover(until, tracetest.ParseAttempt(arg("first")), now))
 			case "report":
 				r := subjects.SlotReport{Slot: num("slot"), Allocation: arg("alloc"), Job: "clicks", Task: num("task"),
-					Attempt: attempt(arg("attempt")), State: subjects.TaskDeploying}
+					Attempt: tracetest.ParseAttempt(arg("attempt")), State: subjects.TaskDeploying}
 				if d.HasArg("running") {
 					r.State = subjects.TaskRunning
 				}
@@ -95,7 +95,7 @@ func TestScenarios(t *testing.T) {
 				acc, acts := m.Offer(d.CmdArgs[0].Key, slots, now)
 				return fmt.Sprintf("accepted %v\n", acc) + format(acts)
 			case "status":
-				st := &subjects.TaskStatus{Worker: "w", TaskRef: subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: attempt(arg("attempt"))}}
+				st := &subjects.TaskStatus{Worker: "w", TaskRef: subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: tracetest.ParseAttempt(arg("attempt"))}}
 				for _, a := range d.CmdArgs {
 					switch a.Key {
 					case "running":
@@ -123,7 +123,7 @@ func TestScenarios(t *testing.T) {
 				case "operator_mismatch":
 					code = subjects.CodeOperatorMismatch
 				}
-				return format(m.DeployFailed(subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: attempt(arg("attempt"))}, subjects.Errorf(code, "x"), now))
+				return format(m.DeployFailed(subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: tracetest.ParseAttempt(arg("attempt"))}, subjects.Errorf(code, "x"), now))
 			case "lost":
 				var ids []string
 				for _, a := range d.CmdArgs[1:] {
@@ -152,7 +152,7 @@ func TestScenarios(t *testing.T) {
 					fmt.Fprintf(&b, "%s\n", info.Waiting)
 				}
 				for _, t := range info.Tasks {
-					fmt.Fprintf(&b, "task %d %s worker=%q attempt=%s %s\n", t.Task, t.Range, t.Worker, attemptStr(t.Attempt), t.State)
+					fmt.Fprintf(&b, "task %d %s worker=%q attempt=%s %s\n", t.Task, t.Range, t.Worker, tracetest.Attempt(t.Attempt), t.State)
 				}
 				return b.String()
 			}
@@ -165,13 +165,6 @@ func TestScenarios(t *testing.T) {
 func ptr[T any](v T) *T { return &v }
 
 // Attempts print as "e<epoch>.<n>".
-func attemptStr(a uint64) string { return fmt.Sprintf("e%d.%d", a>>20, a&(1<<20-1)) }
-
-func attempt(s string) uint64 {
-	var e, n uint64
-	fmt.Sscanf(s, "e%d.%d", &e, &n)
-	return e<<20 | n
-}
 
 func format(acts []Action) string {
 	if len(acts) == 0 {
@@ -187,10 +180,10 @@ func format(acts []Action) string {
 			for _, h := range a.Req.Restore {
 				hs = append(hs, h.Manifest)
 			}
-			fmt.Fprintf(&b, "deploy task=%d attempt=%s to %s/%s range=%s restore=%d%v\n", a.Req.Task, attemptStr(a.Req.Attempt),
+			fmt.Fprintf(&b, "deploy task=%d attempt=%s to %s/%s range=%s restore=%d%v\n", a.Req.Task, tracetest.Attempt(a.Req.Attempt),
 				a.Req.Worker, a.Req.Allocation, a.Req.Range, a.Req.RestoredFrom, hs)
 		case Cancel:
-			fmt.Fprintf(&b, "cancel task=%d attempt=%s on %s release=%v\n", a.Req.Task, attemptStr(a.Req.Attempt), a.Req.Worker, a.Req.Release)
+			fmt.Fprintf(&b, "cancel task=%d attempt=%s on %s release=%v\n", a.Req.Task, tracetest.Attempt(a.Req.Attempt), a.Req.Worker, a.Req.Release)
 		case ReleaseSlot:
 			fmt.Fprintf(&b, "release %s\n", a.Allocation)
 		case AvoidWorker:
@@ -202,7 +195,7 @@ func format(acts []Action) string {
 		case JobFailed:
 			fmt.Fprintf(&b, "job failed: %s\n", a.Err.Message)
 		case TaskFailed:
-			fmt.Fprintf(&b, "task %d attempt=%s failed on %q: %s; restart #%d in %s\n", a.Task.Task, attemptStr(a.Task.Attempt), a.Worker, a.Err.Code, a.Restart, a.Delay)
+			fmt.Fprintf(&b, "task %d attempt=%s failed on %q: %s; restart #%d in %s\n", a.Task.Task, tracetest.Attempt(a.Task.Attempt), a.Worker, a.Err.Code, a.Restart, a.Delay)
 		default:
 			fmt.Fprintf(&b, "%T\n", a)
 		}

@@ -49,3 +49,14 @@ func Duration(tb testing.TB, d *datadriven.TestData) time.Duration {
 	}
 	return dur
 }
+
+// Attempt prints a task attempt number as e<epoch>.<n> (attempts are
+// epoch<<20 | n).
+func Attempt(a uint64) string { return fmt.Sprintf("e%d.%d", a>>20, a&(1<<20-1)) }
+
+// ParseAttempt reads an attempt printed by Attempt.
+func ParseAttempt(s string) uint64 {
+	var e, n uint64
+	fmt.Sscanf(s, "e%d.%d", &e, &n)
+	return e<<20 | n
+}
