@@ -78,10 +78,12 @@ type Config struct {
 	// answers (default: host name, process id and a random suffix). Every
 	// coordinator of a namespace needs its own.
 	Name string
-	// LeaseTTL is the leader lease's time to live (default 10 s): a leader
-	// that cannot renew stops acting before it ends, and a standby takes
-	// over within about LeaseTTL after the leader died. It is the leader
-	// bucket's TTL, fixed when the bucket is first created.
+	// LeaseTTL is the leader lease's time to live (default
+	// DefaultLeaseTTL, 15 s): a leader that cannot renew stops acting
+	// before it ends, and a standby takes over within about LeaseTTL after
+	// the leader died. It is the leader bucket's TTL, fixed when the bucket
+	// is first created: a coordinator started on an existing bucket acts by
+	// the bucket's TTL, whatever it was configured with.
 	LeaseTTL time.Duration
 
 	// MapInput, if set, adds an account subject mapping to the NATS server

@@ -52,6 +52,10 @@ type Coordinator struct {
 	cur   *leader // the leader of the current term; nil while standing by
 }
 
+// DefaultLeaseTTL is the leader lease's default time to live
+// (metastore.DefaultLeaseTTL, which says why).
+const DefaultLeaseTTL = metastore.DefaultLeaseTTL
+
 // errNotActing ends a term whose leader may no longer act.
 var errNotActing = errors.New("coordinator: the leader lease is no longer held")
 
@@ -273,6 +277,15 @@ func (c *Coordinator) trySetup(ctx context.Context) error {
 	hist, err := openHistory(ctx, c.js, c.ns, c.repl, c.cfg.HistoryPerJob, c.cfg.HistoryMaxAge)
 	if err != nil {
 		return err
+	}
+	if ttl := store.LeaseTTL(); ttl != c.cfg.LeaseTTL {
+		// The lease bucket was created with another TTL, which is the one
+		// the servers keep a lease for: act by it.
+		c.log.Warn("the leader lease bucket has another TTL than configured; using the bucket's", "lease_ttl", ttl, "configured", c.cfg.LeaseTTL)
+		c.mu.Lock()
+		c.cfg.LeaseTTL = ttl
+		c.elect = election.New(election.Config{TTL: ttl})
+		c.mu.Unlock()
 	}
 	c.store, c.hist = store, hist
 	return nil

@@ -37,7 +37,7 @@ func runCoordinator(ctx context.Context, e *env, args []string) error {
 	metricsAddr := fs.String("metrics", os.Getenv("FLOTILLA_METRICS"), "serve Prometheus metrics on this address at /metrics, e.g. 127.0.0.1:9090 (env FLOTILLA_METRICS; default off)")
 	histPerJob := fs.Int("history-per-job", envInt("FLOTILLA_HISTORY_PER_JOB", coordinator.DefaultHistoryPerJob), "checkpoint attempts kept per job in the history (env FLOTILLA_HISTORY_PER_JOB)")
 	name := fs.String("name", os.Getenv("FLOTILLA_COORDINATOR_NAME"), "this coordinator's name in the leader lease; every coordinator needs its own (env FLOTILLA_COORDINATOR_NAME; default host, pid and a random suffix)")
-	leaseTTL := fs.Duration("lease-ttl", envDuration("FLOTILLA_LEASE_TTL", 10*time.Second), "the leader lease's time to live: a standby takes over about this long after the leader died; fixed when the lease bucket is created (env FLOTILLA_LEASE_TTL)")
+	leaseTTL := fs.Duration("lease-ttl", envDuration("FLOTILLA_LEASE_TTL", coordinator.DefaultLeaseTTL), "the leader lease's time to live: a standby takes over about this long after the leader died; fixed when the lease bucket is created, and an existing bucket's wins (env FLOTILLA_LEASE_TTL)")
 	histMaxAge := fs.Duration("history-max-age", envDuration("FLOTILLA_HISTORY_MAX_AGE", coordinator.DefaultHistoryMaxAge), "age after which checkpoint history records are dropped (env FLOTILLA_HISTORY_MAX_AGE)")
 	if _, err := e.parse(fs, args); err != nil {
 		return err

@@ -17,8 +17,9 @@ import (
 // New opens (creating them if needed) the namespace's buckets in JetStream,
 // replicated as p says. Buckets use file storage; the server must sync
 // every write (sync_interval: always) for a committed record to survive a
-// crash. The leader bucket's TTL is o.LeaseTTL: a lease key not renewed
-// within it expires on the servers, whatever the holder's clock says.
+// crash. The leader bucket's TTL is o.LeaseTTL, or the TTL it was created
+// with if it exists (LeaseTTL says which): a lease key not renewed within
+// it expires on the servers, whatever the holder's clock says.
 func New(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p replicas.Policy, o Options) (Store, error) {
 	o = o.withDefaults()
 	open := func(cfg jetstream.KeyValueConfig, what string) (bucket, error) {
@@ -34,6 +35,18 @@ func New(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p r
 	coord, err := open(CoordinatorBucket(ns), "coordinator")
 	if err != nil {
 		return nil, err
+	}
+	// The lease bucket's TTL is fixed when it is created. A store opened
+	// with another takes the bucket's: a coordinator that lowered it would
+	// cut short the lease of a leader that acts by the longer one, and one
+	// that acted by a longer TTL than the servers keep its lease could act
+	// beside its successor.
+	if s, err := js.Stream(ctx, "KV_"+BucketName(ns, bucketLeader)); err == nil {
+		if have := s.CachedInfo().Config.MaxAge; have > 0 {
+			o.LeaseTTL = have
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("metastore: leader bucket: %w", err)
 	}
 	leader, err := open(jetstream.KeyValueConfig{Bucket: BucketName(ns, bucketLeader), Storage: jetstream.FileStorage, History: 1,
 		TTL: o.LeaseTTL, Description: "flotilla coordinator leader lease"}, "leader")

@@ -45,3 +45,39 @@ func openJetStream(t *testing.T, o metastore.Options) metastore.Store {
 	}
 	return s
 }
+
+// TestLeaseTTLFixedAtCreation: a store opened on an existing leader bucket
+// with another lease TTL takes the bucket's, and leaves the bucket as it
+// was: a coordinator must never act by a longer TTL than the servers keep
+// its lease, nor cut short the lease of one that acts by the bucket's.
+func TestLeaseTTLFixedAtCreation(t *testing.T) {
+	srv := testutil.RunNATS(t)
+	js, err := jetstream.New(testutil.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	open := func(ttl time.Duration) metastore.Store {
+		s, err := metastore.New(ctx, js, subjects.Namespace{}, replicas.Policy{}, metastore.Options{LeaseTTL: ttl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if got := open(3 * time.Second).LeaseTTL(); got != 3*time.Second {
+		t.Fatalf("a new bucket: lease TTL %v, want 3s", got)
+	}
+	for _, ttl := range []time.Duration{2 * time.Second, 5 * time.Second} {
+		if got := open(ttl).LeaseTTL(); got != 3*time.Second {
+			t.Errorf("opened with %v on a 3s bucket: lease TTL %v, want the bucket's 3s", ttl, got)
+		}
+	}
+	s, err := js.Stream(ctx, "KV_"+metastore.BucketName(subjects.Namespace{}, "LEADER"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.MaxAge; got != 3*time.Second {
+		t.Errorf("the bucket's TTL is now %v, want 3s", got)
+	}
+}
