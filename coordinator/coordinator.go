@@ -133,7 +133,7 @@ func (co *Coordinator) newLeader(term uint64, done <-chan struct{}) *leader {
 		eng: engine.New(engine.Config{Epoch: term, Namespace: co.ns, StoreLocation: co.cfg.Store.Location(),
 			HeartbeatInterval: co.cfg.HeartbeatInterval, HeartbeatTimeout: co.cfg.HeartbeatTimeout,
 			SweepInterval: co.cfg.OrphanSweepInterval, SweepGrace: co.cfg.OrphanGrace,
-			MapInput: co.cfg.MapInput != nil, Logger: log}, co.cfg.Now()),
+			MapInput: co.cfg.MapInput != nil, Logger: log}),
 	}
 	c.persist = newPersister(c)
 	return c

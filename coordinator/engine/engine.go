@@ -97,12 +97,14 @@ type taskFigures struct {
 
 // New returns the engine of term cfg.Epoch, with no job: Resume adds the
 // jobs the term found.
-func New(cfg Config, now time.Time) *Engine {
+func New(cfg Config) *Engine {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Engine{cfg: cfg, log: log, jobs: map[string]*job{}, waiters: map[uint64]waiter{}, lastSweep: now,
+	// lastSweep is left zero: a term sweeps at its first tick (what is
+	// swept is older than the grace, whoever wrote it).
+	return &Engine{cfg: cfg, log: log, jobs: map[string]*job{}, waiters: map[uint64]waiter{},
 		rm: resource.New(resource.Config{Epoch: cfg.Epoch, HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatTimeout: cfg.HeartbeatTimeout})}
 }
 

@@ -245,7 +245,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 	switch d.Cmd {
 	case "engine":
 		h.eng = New(Config{Epoch: uint64(num("term")), StoreLocation: "s3://bucket",
-			HeartbeatInterval: 2 * time.Second, HeartbeatTimeout: 10 * time.Second}, h.now)
+			HeartbeatInterval: 2 * time.Second, HeartbeatTimeout: 10 * time.Second})
 		h.slotReqs, h.deploys, h.writes, h.commits, h.resubmits = nil, nil, nil, nil, nil
 		if h.barriers == nil {
 			h.barriers = map[string][]subjects.Barrier{}
