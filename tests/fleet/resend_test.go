@@ -16,7 +16,8 @@ import (
 // commit) is lost with the term; the client, hearing nothing, sends it
 // again with the same request id, and the next leader takes and answers
 // it. A submission sent again to the next leader is answered with the run
-// it started, which the job's record names, not job_exists.
+// it started (which the job's record names), as it is by the leader that
+// started it, not job_exists.
 func TestRequestsResentToTheNextLeader(t *testing.T) {
 	f := newFleet(t)
 	var (
@@ -48,6 +49,10 @@ func TestRequestsResentToTheNextLeader(t *testing.T) {
 	truth := map[string]int64{}
 	f.publish(500, 10, 7, truth)
 	f.checkState("clicks", truth, 30*time.Second)
+	// Sent again to the same leader: the run it started.
+	if info, err := f.api.SubmitJob(ctx, submit); err != nil || info.State != subjects.JobRunning {
+		t.Fatalf("the submission sent again to its leader: %+v, %v; want the running run", info, err)
+	}
 
 	type outcome struct {
 		res subjects.SavepointResult
