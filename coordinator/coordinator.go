@@ -384,8 +384,8 @@ func (c *leader) carryOut(effects []engine.Effect) {
 			switch to := f.To.(type) {
 			case subjects.Responder:
 				subjects.Reply(to, f.Msg)
-			case chan subjects.Message: // ask's; buffered
-				to <- f.Msg
+			case chan engine.Reply: // ask's; buffered
+				to <- f
 			default:
 				panic(fmt.Sprintf("coordinator: reply to %T", f.To))
 			}

@@ -154,14 +154,15 @@ func call[T any](c *leader, f func(now time.Time) T) T {
 }
 
 // ask steps the engine with the event ev makes of a reply token and waits
-// for the engine's reply. If the term ends first it panics with termEnded,
-// as call does.
-func ask[T subjects.Message](c *leader, ev func(reply any) engine.Event) T {
-	ch := make(chan subjects.Message, 1)
+// for the engine's reply, and says whether it repeats the answer of a
+// request already carried out (engine.Reply.Repeat). If the term ends
+// first it panics with termEnded, as call does.
+func ask[T subjects.Message](c *leader, ev func(reply any) engine.Event) (T, bool) {
+	ch := make(chan engine.Reply, 1)
 	c.feed(ev(ch))
 	select {
-	case m := <-ch:
-		return m.(T)
+	case r := <-ch:
+		return r.Msg.(T), r.Repeat
 	case <-c.done:
 		panic(termEnded{})
 	}
@@ -226,7 +227,7 @@ func (c *leader) apiSubmit(r micro.Request) {
 		subjects.Reply(microResponder{r}, &subjects.JobInfo{Error: subjects.AsError(err)})
 		return
 	}
-	info, err := c.submit(req.Spec, req.FromSavepoint, req.AllowOperatorChange)
+	info, err := c.submit(req.Spec, req.FromSavepoint, req.AllowOperatorChange, req.RequestID)
 	if err != nil {
 		info = subjects.JobInfo{Job: req.Spec.Name, Error: subjects.AsError(err)}
 	}
@@ -234,8 +235,10 @@ func (c *leader) apiSubmit(r micro.Request) {
 }
 
 // submit starts a new run of a job, from a savepoint or checkpoint location
-// if from is set. It runs off the loop: it reads JetStream and the store.
-func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange bool) (subjects.JobInfo, error) {
+// if from is set. It runs off the loop: it reads JetStream and the store. A
+// submission with the request id of one already carried out (sent again by
+// its client) is answered with the run it started (engine.Submit).
+func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange bool, requestID string) (subjects.JobInfo, error) {
 	if err := c.checkOperator(spec); err != nil {
 		return subjects.JobInfo{}, err
 	}
@@ -283,12 +286,20 @@ func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange 
 	if err != nil {
 		return subjects.JobInfo{}, subjects.Errorf(subjects.CodeStorageUnavailable, "reading checkpoints of %q: %v", spec.Name, err)
 	}
-	info := *ask[*subjects.JobInfo](c, func(reply any) engine.Event {
+	answer, repeat := ask[*subjects.JobInfo](c, func(reply any) engine.Event {
 		return engine.Submit{Spec: spec, From: from, FromKey: fromKey, AllowOperatorChange: allowOperatorChange,
-			Checkpoints: engine.RunCheckpoints{Latest: jc.Highest, Restore: restore, From: fromRec}, Reply: reply}
+			Checkpoints: engine.RunCheckpoints{Latest: jc.Highest, Restore: restore, From: fromRec}, Reply: reply, RequestID: requestID}
 	})
+	info := *answer
 	info.Warnings = warnings
-	if info.Error == nil {
+	if repeat && info.Error == nil {
+		// The run started by the first of these requests: its record was
+		// written (or is being retried), and forgetting the job's earlier
+		// records was done then; jc may by now hold the run's own.
+		if err := c.persist.flush(ctx, spec.Name); err != nil {
+			info.Warnings = append(info.Warnings, fmt.Sprintf("the job's record is not yet written to the metadata store (%v); it is retried", err))
+		}
+	} else if info.Error == nil {
 		// The run's record is durable before the user hears of the run.
 		if err := c.persist.flush(ctx, spec.Name); err != nil {
 			info.Warnings = append(info.Warnings, fmt.Sprintf("the job's record is not yet written to the metadata store (%v); it is retried", err))
@@ -365,7 +376,9 @@ func (c *leader) apiJobCancel(r micro.Request) {
 	if !ok {
 		return
 	}
-	info := ask[*subjects.JobInfo](c, func(reply any) engine.Event { return engine.CancelJob{Job: req.Job, Reply: reply} })
+	info, _ := ask[*subjects.JobInfo](c, func(reply any) engine.Event {
+		return engine.CancelJob{Job: req.Job, Reply: reply, RequestID: req.RequestID}
+	})
 	subjects.Reply(microResponder{r}, info)
 }
 
@@ -429,12 +442,13 @@ func (c *leader) apiStateGet(r micro.Request) {
 }
 
 // savepointRefused answers a savepoint, stop or rescale request at once,
-// from the handler, if its job does not exist or is not running, and
+// from the handler, if its job does not exist or is not running (unless
+// its request id was seen: the engine answers that one as before), and
 // returns whether it did.
-func (c *leader) savepointRefused(r micro.Request, job string) bool {
+func (c *leader) savepointRefused(r micro.Request, job, requestID string) bool {
 	err := subjects.AsError(subjects.ValidateName("job", job))
 	if err == nil {
-		err = call(c, func(time.Time) *subjects.Error { return c.eng.Refusal(job) })
+		err = call(c, func(time.Time) *subjects.Error { return c.eng.Refusal(job, requestID) })
 	}
 	if err != nil {
 		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Job: job, Error: err})
@@ -444,10 +458,10 @@ func (c *leader) savepointRefused(r micro.Request, job string) bool {
 
 func (c *leader) apiJobStop(r micro.Request) {
 	req, ok := c.jobRequest(r)
-	if !ok || c.savepointRefused(r, req.Job) {
+	if !ok || c.savepointRefused(r, req.Job, req.RequestID) {
 		return
 	}
-	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job, Stop: true}, later(c.nc, r), 0)
+	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job, Stop: true, RequestID: req.RequestID}, later(c.nc, r), 0)
 }
 
 func (c *leader) apiJobRescale(r micro.Request) {
@@ -462,29 +476,34 @@ func (c *leader) apiJobRescale(r micro.Request) {
 			Error: subjects.Errorf(subjects.CodeParallelismTooHigh, "parallelism %d is above max_parallelism %d", req.Parallelism, maxP)})
 		return
 	}
-	if c.savepointRefused(r, req.Job) {
+	if c.savepointRefused(r, req.Job, req.RequestID) {
 		return
 	}
-	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job}, later(c.nc, r), req.Parallelism)
+	c.triggerSavepoint(subjects.TriggerSavepoint{Job: req.Job, RequestID: req.RequestID}, later(c.nc, r), req.Parallelism)
 }
 
 // resubmit resubmits a job stopped with a savepoint at a new parallelism,
-// restoring from that savepoint (engine.Resubmit), and answers.
+// restoring from that savepoint (engine.Resubmit), and feeds the outcome
+// back (engine.Resubmitted), which answers the requesters. If the term
+// ends first it answers them itself.
 func (c *leader) resubmit(f engine.Resubmit) {
-	res, to := f.Result, f.To.(subjects.Responder)
+	res := f.Result
 	defer func() {
 		if v := recover(); v != nil {
 			if _, ok := v.(termEnded); !ok {
 				panic(v)
 			}
 			res.Error = subjects.Errorf(subjects.CodeNotLeader, "job stopped with savepoint %s, but the leader's term ended before resubmitting it at parallelism %d: submit it from the savepoint", res.Location, f.Spec.Parallelism)
-			subjects.Reply(to, &res)
+			for _, to := range f.To {
+				r := res
+				subjects.Reply(to.(subjects.Responder), &r)
+			}
 		}
 	}()
-	if _, err := c.submit(f.Spec, res.Location, false); err != nil {
+	if _, err := c.submit(f.Spec, res.Location, false, ""); err != nil {
 		res.Error = subjects.Errorf(subjects.CodeOf(err), "job stopped with savepoint %s, but resubmitting at parallelism %d failed: %v", res.Location, f.Spec.Parallelism, err)
 	}
-	subjects.Reply(to, &res)
+	c.feed(engine.Resubmitted{Request: f.Request, Result: res})
 }
 
 func (c *leader) apiSavepoint(r micro.Request) {
@@ -493,7 +512,7 @@ func (c *leader) apiSavepoint(r micro.Request) {
 		subjects.Reply(microResponder{r}, &subjects.SavepointResult{Error: subjects.AsError(err)})
 		return
 	}
-	if c.savepointRefused(r, t.Job) {
+	if c.savepointRefused(r, t.Job, t.RequestID) {
 		return
 	}
 	c.triggerSavepoint(t, later(c.nc, r), 0)
@@ -550,15 +569,35 @@ func (c *leader) listCheckpoints(r micro.Request, savepoints bool) {
 func (c *leader) apiCheckpointList(r micro.Request) { c.listCheckpoints(r, false) }
 func (c *leader) apiSavepointList(r micro.Request)  { c.listCheckpoints(r, true) }
 
+// opSavepointDelete is the operation savepoint deletions are remembered
+// under (engine.Answered).
+const opSavepointDelete = "savepoint_delete"
+
 // apiSavepointDelete deletes a savepoint: its JetStream record, then every
-// object under its location. Only savepoints can be deleted this way.
+// object under its location. Only savepoints can be deleted this way. A
+// request with a request id this term already answered (sent again by its
+// client) is answered as before.
 func (c *leader) apiSavepointDelete(r micro.Request) {
 	var req subjects.SavepointDelete
-	fail := func(err error) { subjects.Reply(microResponder{r}, &subjects.Response{Error: subjects.AsError(err)}) }
 	if err := subjects.Decode(r.Data(), &req); err != nil {
-		fail(err)
+		subjects.Reply(microResponder{r}, &subjects.Response{Error: subjects.AsError(err)})
 		return
 	}
+	if m := call(c, func(time.Time) subjects.Message {
+		m, _ := c.eng.Answer(opSavepointDelete, req.RequestID)
+		return m
+	}); m != nil {
+		subjects.Reply(microResponder{r}, m)
+		return
+	}
+	answer := func(resp *subjects.Response) {
+		if req.RequestID != "" {
+			kept := *resp // Reply stamps resp's header
+			c.feed(engine.Answered{Op: opSavepointDelete, RequestID: req.RequestID, Msg: &kept})
+		}
+		subjects.Reply(microResponder{r}, resp)
+	}
+	fail := func(err error) { answer(&subjects.Response{Error: subjects.AsError(err)}) }
 	key, err := c.resolveLocation(req.Location)
 	if err != nil {
 		fail(err)
@@ -622,5 +661,5 @@ func (c *leader) apiSavepointDelete(r micro.Request) {
 		return
 	}
 	c.log.Info("savepoint deleted", "location", c.locationOf(key), "objects", len(objs))
-	subjects.Reply(microResponder{r}, &subjects.Response{})
+	answer(&subjects.Response{})
 }

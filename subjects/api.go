@@ -11,6 +11,26 @@ import (
 // This file holds the user plane: the requests and replies of the "flotilla"
 // micro service and of the savepoint trigger subject. People send these by
 // hand, so requests are lenient: type and version may be omitted.
+//
+// Requests that change something (submit, cancel, stop, rescale, savepoint,
+// savepoint delete) may carry a request id chosen by the client
+// (RequestID): a client that got no answer sends the request again with
+// the same id, and the leader carries out one request per id (see
+// ValidateRequestID and coordinator/engine). Without an id every request is
+// carried out.
+
+// MaxRequestID is the longest request id accepted (as names: nameRE).
+const MaxRequestID = 64
+
+// ValidateRequestID checks a request id: empty (none), or 1-MaxRequestID of
+// [A-Za-z0-9_-] (a nuid is 22 of them). Anything else is
+// CodeInvalidArgument.
+func ValidateRequestID(id string) error {
+	if id != "" && !nameRE.MatchString(id) {
+		return Errorf(CodeInvalidArgument, "invalid request_id %q: want 1-%d of [A-Za-z0-9_-]", id, MaxRequestID)
+	}
+	return nil
+}
 
 // TriggerSavepoint asks for a savepoint of a job. Published (or requested) on
 // Namespace.TriggerSavepoint(job) with an empty or JSON body.
@@ -25,12 +45,18 @@ type TriggerSavepoint struct {
 	Format statebackend.Format `json:"format,omitempty"`
 	// Stop ends the job once the savepoint is committed (stop-with-savepoint).
 	Stop bool `json:"stop,omitempty"`
+	// RequestID, if set, makes a resent request (the same id) join or
+	// repeat the outcome of the first instead of taking another savepoint.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 func (*TriggerSavepoint) MsgType() Type { return TypeTriggerSavepoint }
 func (*TriggerSavepoint) lenient()      {}
 
 func (m *TriggerSavepoint) Validate() error {
+	if err := ValidateRequestID(m.RequestID); err != nil {
+		return err
+	}
 	if m.Job != "" {
 		return ValidateName("job", m.Job)
 	}
@@ -61,12 +87,19 @@ type SubmitJob struct {
 	// AllowOperatorChange restores FromSavepoint even if another operator
 	// wrote it: the user says the change is intended.
 	AllowOperatorChange bool `json:"allow_operator_change,omitempty"`
+	// RequestID, if set, is recorded in the run's job record: a resent
+	// request (the same id) is answered with the run it started, by this
+	// leader or the next, instead of job_exists.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 func (*SubmitJob) MsgType() Type { return TypeSubmitJob }
 func (*SubmitJob) lenient()      {}
 
 func (m *SubmitJob) Validate() error {
+	if err := ValidateRequestID(m.RequestID); err != nil {
+		return err
+	}
 	if m.Parallelism < 0 {
 		return Errorf(CodeInvalidArgument, "submit_job: parallelism %d is negative", m.Parallelism)
 	}
@@ -81,25 +114,33 @@ func (m *SubmitJob) Validate() error {
 type JobRequest struct {
 	Header
 	Job string `json:"job"`
+	// RequestID, if set on a cancel or stop, makes a resent request (the
+	// same id) repeat the outcome of the first.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 func (*JobRequest) MsgType() Type { return TypeJobRequest }
 func (*JobRequest) lenient()      {}
 
-func (m *JobRequest) Validate() error { return ValidateName("job", m.Job) }
+func (m *JobRequest) Validate() error {
+	return firstErr(ValidateName("job", m.Job), ValidateRequestID(m.RequestID))
+}
 
 // RescaleJob changes a running job's parallelism through a savepoint.
 type RescaleJob struct {
 	Header
 	Job         string `json:"job"`
 	Parallelism int    `json:"parallelism"`
+	// RequestID, if set, makes a resent request (the same id) join or
+	// repeat the outcome of the first instead of rescaling again.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 func (*RescaleJob) MsgType() Type { return TypeRescaleJob }
 func (*RescaleJob) lenient()      {}
 
 func (m *RescaleJob) Validate() error {
-	if err := ValidateName("job", m.Job); err != nil {
+	if err := firstErr(ValidateName("job", m.Job), ValidateRequestID(m.RequestID)); err != nil {
 		return err
 	}
 	if m.Parallelism < 1 {
@@ -112,13 +153,16 @@ func (m *RescaleJob) Validate() error {
 type SavepointDelete struct {
 	Header
 	Location string `json:"location"`
+	// RequestID, if set, makes a resent request (the same id) repeat the
+	// outcome of the first rather than find the savepoint gone.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 func (*SavepointDelete) MsgType() Type { return TypeSavepointDelete }
 func (*SavepointDelete) lenient()      {}
 
 func (m *SavepointDelete) Validate() error {
-	return required(TypeSavepointDelete, "location", m.Location)
+	return firstErr(required(TypeSavepointDelete, "location", m.Location), ValidateRequestID(m.RequestID))
 }
 
 // TaskInfo is one task of a job in JobInfo.

@@ -128,6 +128,11 @@ func TestDecodeRejectsBadInputWithCodes(t *testing.T) {
 		{"unknown task state", `{"type":"task_status","v":1,"worker":"w","job":"j","task":0,"attempt":1,"state":"dancing"}`, new(TaskStatus), CodeBadMessage},
 		{"trigger bad job", `{"job":"a b"}`, new(TriggerSavepoint), CodeInvalidName},
 		{"trigger unknown format", `{"format":"zip"}`, new(TriggerSavepoint), CodeBadMessage},
+		{"trigger bad request id", `{"request_id":"a.b"}`, new(TriggerSavepoint), CodeInvalidArgument},
+		{"cancel request id too long", `{"job":"j","request_id":"` + strings.Repeat("x", MaxRequestID+1) + `"}`, new(JobRequest), CodeInvalidArgument},
+		{"rescale request id with a space", `{"job":"j","parallelism":2,"request_id":"a b"}`, new(RescaleJob), CodeInvalidArgument},
+		{"delete request id with a wildcard", `{"location":"sp","request_id":"*"}`, new(SavepointDelete), CodeInvalidArgument},
+		{"submit request id with a dot", `{"request_id":"x.y","spec":{"name":"j","parallelism":1,"source":{"stream":"S","subjects":["a.*"],"key":{"subject_token":2}},"operator":{"type":"count"}}}`, new(SubmitJob), CodeInvalidArgument},
 		{"submit parallelism above max", `{"spec":{"name":"j","parallelism":300,"source":{"stream":"S","subjects":["a.*"],"key":{"subject_token":2}},"operator":{"type":"count"}}}`, new(SubmitJob), CodeParallelismTooHigh},
 	}
 	for _, c := range cases {
@@ -158,6 +163,11 @@ func TestLenientMessagesAcceptHandTypedBodies(t *testing.T) {
 	}
 	if tr.Format != statebackend.FormatNative {
 		t.Errorf("format = %v", tr.Format)
+	}
+	// A request id is optional, and a nuid passes.
+	var jr JobRequest
+	if err := Decode([]byte(`{"job":"j","request_id":"XTcV1EZsk0KuWbqCw5qN1d"}`), &jr); err != nil || jr.RequestID != "XTcV1EZsk0KuWbqCw5qN1d" {
+		t.Fatalf("request id: %v %+v", err, jr)
 	}
 	var q StateQuery
 	if err := Decode([]byte(`{"key":"user-1"}`), &q); err != nil || q.Key != "user-1" {

@@ -31,6 +31,10 @@ type JobRecord struct {
 	// an earlier run of the job name. 0 in records written before adoption
 	// existed.
 	FirstAttempt uint64 `json:"first_attempt,omitempty"`
+	// RequestID is the request id of the submission that started this run
+	// (SubmitJob.RequestID), if it had one: the same submission resent to
+	// a later leader is answered with this run.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 func (*JobRecord) MsgType() Type { return TypeJobRecord }

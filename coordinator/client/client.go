@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
 
 	"github.com/flotilla-io/flotilla/subjects"
 )
@@ -28,51 +29,29 @@ func New(nc *nats.Conn, ns subjects.Namespace) *Client { return &Client{nc: nc, 
 // that is a bare Response with an error (e.g. from a decode failure on the
 // server) is returned as that error.
 //
-// While no coordinator leads (the leader died and a standby has not taken
-// over yet, or the leader's term ended mid-request) the request is sent
-// again every retryInterval until ctx ends; the error then is
-// subjects.CodeNotLeader naming the leader, if one is known. With no
-// coordinator running at all it fails at once with CodeUnavailable.
+// The request is sent again while no coordinator leads (the leader died
+// and a standby has not taken over yet, or the leader's term ended
+// mid-request: every retryInterval), and when an attempt gets no answer in
+// time: a leader that is paused rather than dead (SIGSTOP, a suspended VM)
+// keeps its subscriptions on the server until the server finds the
+// connection stale, and swallows the requests routed to it, while the new
+// leader answers the others. Attempts get longer (1 s, 1.5 s, 2 s, ...)
+// so that a slow answer still arrives. When ctx ends the error is
+// subjects.CodeNotLeader naming the leader, if one is known, or
+// CodeTimeout; with no coordinator running at all it fails at once with
+// CodeUnavailable.
+//
+// A request that changes something is sent again only with a request id
+// (newRequestID), the same in every attempt: the leader carries it out
+// once and answers every attempt with its outcome, and a later leader
+// answers a submission it finds recorded (subjects.SubmitJob.RequestID).
 func (c *Client) call(ctx context.Context, subject string, req, resp subjects.Message) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 30e9)
 		defer cancel()
 	}
-	for {
-		err := c.callOnce(ctx, subject, req, resp)
-		if subjects.CodeOf(err) != subjects.CodeNotLeader {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(retryInterval):
-		}
-	}
-}
-
-// retryInterval is how often call retries while no coordinator leads.
-const retryInterval = 250 * time.Millisecond
-
-// firstReadAttempt bounds the first attempt of a read-only request; each
-// further attempt may take half as long again as the first more.
-const firstReadAttempt = time.Second
-
-// read is call for requests that change nothing (status, lists, state
-// queries), which are also sent again when an attempt gets no answer in
-// time: a leader that is paused rather than dead (SIGSTOP, a suspended VM)
-// keeps its subscriptions on the server until the server finds the
-// connection stale, and swallows the requests routed to it, while the new
-// leader answers the others. Attempts get longer (1 s, 1.5 s, 2 s, ...)
-// so that a slow answer still arrives.
-func (c *Client) read(ctx context.Context, subject string, req, resp subjects.Message) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 30e9)
-		defer cancel()
-	}
-	for attempt := firstReadAttempt; ; attempt += firstReadAttempt / 2 {
+	for attempt := firstAttempt; ; attempt += firstAttempt / 2 {
 		actx, cancel := context.WithTimeout(ctx, attempt)
 		err := c.callOnce(actx, subject, req, resp)
 		cancel()
@@ -88,6 +67,22 @@ func (c *Client) read(ctx context.Context, subject string, req, resp subjects.Me
 			}
 		}
 	}
+}
+
+// retryInterval is how often call retries while no coordinator leads.
+const retryInterval = 250 * time.Millisecond
+
+// firstAttempt bounds the first attempt of a request; each further attempt
+// may take half as long again as the first more.
+const firstAttempt = time.Second
+
+// newRequestID returns id, or a new request id if id is empty (the caller
+// chose none).
+func newRequestID(id string) string {
+	if id == "" {
+		return nuid.Next()
+	}
+	return id
 }
 
 // Leader asks the coordinators who leads; any of them answers, leader or
@@ -157,8 +152,10 @@ func (c *Client) Submit(ctx context.Context, spec subjects.JobSpec, parallelism 
 	return c.SubmitJob(ctx, subjects.SubmitJob{Spec: spec, Parallelism: parallelism, FromSavepoint: fromSavepoint})
 }
 
-// SubmitJob submits a job with every option of the request.
+// SubmitJob submits a job with every option of the request. A request
+// without a RequestID gets one.
 func (c *Client) SubmitJob(ctx context.Context, req subjects.SubmitJob) (subjects.JobInfo, error) {
+	req.RequestID = newRequestID(req.RequestID)
 	var info subjects.JobInfo
 	err := c.call(ctx, c.ns.API(subjects.APIJobSubmit), &req, &info)
 	if err == nil {
@@ -170,7 +167,7 @@ func (c *Client) SubmitJob(ctx context.Context, req subjects.SubmitJob) (subject
 // Jobs lists the jobs.
 func (c *Client) Jobs(ctx context.Context) ([]subjects.JobInfo, error) {
 	var list subjects.JobList
-	err := c.read(ctx, c.ns.API(subjects.APIJobList), nil, &list)
+	err := c.call(ctx, c.ns.API(subjects.APIJobList), nil, &list)
 	if err == nil {
 		err = errOf(list.Error)
 	}
@@ -179,18 +176,17 @@ func (c *Client) Jobs(ctx context.Context) ([]subjects.JobInfo, error) {
 
 // Status describes a job.
 func (c *Client) Status(ctx context.Context, job string) (subjects.JobInfo, error) {
-	return c.jobCall(ctx, c.read, subjects.APIJobStatus, job)
+	return c.jobCall(ctx, subjects.APIJobStatus, subjects.JobRequest{Job: job})
 }
 
 // Cancel cancels a job.
 func (c *Client) Cancel(ctx context.Context, job string) (subjects.JobInfo, error) {
-	return c.jobCall(ctx, c.call, subjects.APIJobCancel, job)
+	return c.jobCall(ctx, subjects.APIJobCancel, subjects.JobRequest{Job: job, RequestID: newRequestID("")})
 }
 
-func (c *Client) jobCall(ctx context.Context, call func(context.Context, string, subjects.Message, subjects.Message) error,
-	endpoint, job string) (subjects.JobInfo, error) {
+func (c *Client) jobCall(ctx context.Context, endpoint string, req subjects.JobRequest) (subjects.JobInfo, error) {
 	var info subjects.JobInfo
-	err := call(ctx, c.ns.API(endpoint), &subjects.JobRequest{Job: job}, &info)
+	err := c.call(ctx, c.ns.API(endpoint), &req, &info)
 	if err == nil {
 		err = errOf(info.Error)
 	}
@@ -200,7 +196,7 @@ func (c *Client) jobCall(ctx context.Context, call func(context.Context, string,
 // Workers lists the registered workers.
 func (c *Client) Workers(ctx context.Context) ([]subjects.WorkerInfo, error) {
 	var list subjects.WorkerList
-	err := c.read(ctx, c.ns.API(subjects.APIWorkerList), nil, &list)
+	err := c.call(ctx, c.ns.API(subjects.APIWorkerList), nil, &list)
 	if err == nil {
 		err = errOf(list.Error)
 	}
@@ -212,7 +208,7 @@ func (c *Client) Workers(ctx context.Context) ([]subjects.WorkerInfo, error) {
 // (and res.Found false).
 func (c *Client) State(ctx context.Context, job, key string) (subjects.StateResult, error) {
 	var res subjects.StateResult
-	err := c.read(ctx, c.ns.API(subjects.APIStateGet), &subjects.StateQuery{Job: job, Key: key}, &res)
+	err := c.call(ctx, c.ns.API(subjects.APIStateGet), &subjects.StateQuery{Job: job, Key: key}, &res)
 	if err == nil {
 		err = errOf(res.Error)
 	}
@@ -228,8 +224,10 @@ func savepointErr(res subjects.SavepointResult, err error) (subjects.SavepointRe
 
 // TriggerSavepoint takes a savepoint of job and waits for its outcome.
 // target (optional) is a location inside the coordinator's store; format
-// is statebackend.FormatCanonical (default, zero) or FormatNative.
+// is statebackend.FormatCanonical (default, zero) or FormatNative. A request
+// without a RequestID gets one.
 func (c *Client) TriggerSavepoint(ctx context.Context, t subjects.TriggerSavepoint) (subjects.SavepointResult, error) {
+	t.RequestID = newRequestID(t.RequestID)
 	var res subjects.SavepointResult
 	return savepointErr(res, c.call(ctx, c.ns.API(subjects.APISavepoint), &t, &res))
 }
@@ -238,14 +236,14 @@ func (c *Client) TriggerSavepoint(ctx context.Context, t subjects.TriggerSavepoi
 // the job keeps running and the error is returned.
 func (c *Client) Stop(ctx context.Context, job string) (subjects.SavepointResult, error) {
 	var res subjects.SavepointResult
-	return savepointErr(res, c.call(ctx, c.ns.API(subjects.APIJobStop), &subjects.JobRequest{Job: job}, &res))
+	return savepointErr(res, c.call(ctx, c.ns.API(subjects.APIJobStop), &subjects.JobRequest{Job: job, RequestID: newRequestID("")}, &res))
 }
 
 // Rescale stops job with a savepoint and resubmits it at parallelism p from
 // that savepoint.
 func (c *Client) Rescale(ctx context.Context, job string, p int) (subjects.SavepointResult, error) {
 	var res subjects.SavepointResult
-	return savepointErr(res, c.call(ctx, c.ns.API(subjects.APIJobRescale), &subjects.RescaleJob{Job: job, Parallelism: p}, &res))
+	return savepointErr(res, c.call(ctx, c.ns.API(subjects.APIJobRescale), &subjects.RescaleJob{Job: job, Parallelism: p, RequestID: newRequestID("")}, &res))
 }
 
 // Checkpoints lists job's retained completed checkpoints with their
@@ -261,7 +259,7 @@ func (c *Client) Savepoints(ctx context.Context, job string) ([]subjects.Checkpo
 
 func (c *Client) list(ctx context.Context, endpoint, job string) ([]subjects.CheckpointRecord, error) {
 	var list subjects.CheckpointList
-	err := c.read(ctx, c.ns.API(endpoint), &subjects.JobRequest{Job: job}, &list)
+	err := c.call(ctx, c.ns.API(endpoint), &subjects.JobRequest{Job: job}, &list)
 	if err == nil {
 		err = errOf(list.Error)
 	}
@@ -271,7 +269,7 @@ func (c *Client) list(ctx context.Context, endpoint, job string) ([]subjects.Che
 // DeleteSavepoint deletes the savepoint at location.
 func (c *Client) DeleteSavepoint(ctx context.Context, location string) error {
 	var resp subjects.Response
-	if err := c.call(ctx, c.ns.API(subjects.APISavepointDelete), &subjects.SavepointDelete{Location: location}, &resp); err != nil {
+	if err := c.call(ctx, c.ns.API(subjects.APISavepointDelete), &subjects.SavepointDelete{Location: location, RequestID: newRequestID("")}, &resp); err != nil {
 		return err
 	}
 	return resp.Err()
@@ -282,7 +280,7 @@ func (c *Client) DeleteSavepoint(ctx context.Context, location string) error {
 // first, and whether older ones exist.
 func (c *Client) History(ctx context.Context, job string, limit int) (subjects.CheckpointHistory, error) {
 	var h subjects.CheckpointHistory
-	err := c.read(ctx, c.ns.API(subjects.APICheckpointHistory), &subjects.HistoryRequest{Job: job, Limit: limit}, &h)
+	err := c.call(ctx, c.ns.API(subjects.APICheckpointHistory), &subjects.HistoryRequest{Job: job, Limit: limit}, &h)
 	if err == nil {
 		err = errOf(h.Error)
 	}

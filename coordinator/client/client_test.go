@@ -2,6 +2,8 @@ package client
 
 import (
 	"context"
+	"encoding/json"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,5 +50,117 @@ func TestReadsGetPastAPausedLeader(t *testing.T) {
 		if err != nil || info.Job != "clicks" {
 			t.Fatalf("status %d: %+v, %v", i, info, err)
 		}
+	}
+}
+
+// TestMutatingRequestsGetPastAPausedLeader: a request that changes
+// something, swallowed by a paused leader, is sent again with the same
+// request id when the attempt times out, and the leader that answers
+// carries it out once. The live leader subscribes only once the paused
+// one holds the first attempt, so that the first attempt is always lost.
+func TestMutatingRequestsGetPastAPausedLeader(t *testing.T) {
+	srv := testutil.RunNATS(t)
+	ns := subjects.Namespace{}
+	cases := []struct {
+		endpoint string
+		call     func(context.Context, *Client) error
+		answer   subjects.Message
+	}{
+		{subjects.APIJobCancel, func(ctx context.Context, c *Client) error {
+			_, err := c.Cancel(ctx, "clicks")
+			return err
+		}, &subjects.JobInfo{Job: "clicks", State: subjects.JobCanceled}},
+		{subjects.APIJobStop, func(ctx context.Context, c *Client) error {
+			_, err := c.Stop(ctx, "clicks")
+			return err
+		}, &subjects.SavepointResult{Job: "clicks", Checkpoint: 7, Location: "sp-7"}},
+		{subjects.APISavepointDelete, func(ctx context.Context, c *Client) error {
+			return c.DeleteSavepoint(ctx, "sp-7")
+		}, &subjects.Response{}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.endpoint, func(t *testing.T) {
+			subject := ns.API(tc.endpoint)
+			// idOf reads the request id of any of the requests above.
+			idOf := func(b []byte) string {
+				var r struct {
+					RequestID string `json:"request_id"`
+				}
+				if err := json.Unmarshal(b, &r); err != nil {
+					t.Errorf("request %s: %v", b, err)
+				}
+				return r.RequestID
+			}
+			swallowed := make(chan string, 100)
+			paused := testutil.Connect(t, srv)
+			if _, err := paused.QueueSubscribe(subject, micro.DefaultQueueGroup, func(m *nats.Msg) { swallowed <- idOf(m.Data) }); err != nil {
+				t.Fatal(err)
+			}
+			if err := paused.Flush(); err != nil {
+				t.Fatal(err)
+			}
+
+			api := New(testutil.Connect(t, srv), ns)
+			done := make(chan error, 1)
+			start := time.Now()
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				done <- tc.call(ctx, api)
+			}()
+			var id string
+			select {
+			case id = <-swallowed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the paused leader got no request")
+			}
+			if id == "" {
+				t.Fatal("the request carries no request id")
+			}
+
+			var mu sync.Mutex
+			served := map[string]int{} // request id -> attempts the live leader got
+			leader := testutil.Connect(t, srv)
+			svc, err := micro.AddService(leader, micro.Config{Name: "leader", Version: "0.0.1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = svc.Stop() })
+			if err := svc.AddEndpoint("ep", micro.HandlerFunc(func(r micro.Request) {
+				mu.Lock()
+				served[idOf(r.Data())]++
+				mu.Unlock()
+				_ = r.Respond(subjects.MustEncode(tc.answer))
+			}), micro.WithEndpointSubject(subject)); err != nil {
+				t.Fatal(err)
+			}
+
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("after %v: %v", time.Since(start), err)
+				}
+			case <-time.After(time.Minute):
+				t.Fatal("no answer")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if len(served) != 1 || served[id] != 1 {
+				t.Errorf("the live leader got %v, want request %s once", served, id)
+			}
+			n := 1
+			for more := true; more; {
+				select {
+				case other := <-swallowed:
+					n++
+					if other != id {
+						t.Errorf("an attempt carried request id %s, the first %s", other, id)
+					}
+				default:
+					more = false
+				}
+			}
+			t.Logf("answered after %v; the paused leader swallowed %d attempt(s)", time.Since(start).Round(time.Millisecond), n)
+		})
 	}
 }

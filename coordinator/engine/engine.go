@@ -19,6 +19,8 @@ package engine
 import (
 	"fmt"
 	"log/slog"
+	"reflect"
+	"slices"
 	"time"
 
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
@@ -58,18 +60,46 @@ type Engine struct {
 
 	requests  uint64 // savepoint request ids
 	attempts  uint64 // task deployments of this epoch, shared by every job master
-	waiters   map[uint64]waiter
+	waiters   map[uint64]*waiter
 	lastSweep time.Time
+	// The user requests with a request id this term carried out: the
+	// answers of those answered (their keys oldest first in answered, at
+	// most MaxRemembered), and the savepoints in flight (their waiters).
+	answers  map[requestKey]subjects.Message
+	answered []requestKey
+	inFlight map[requestKey]uint64
 
 	now time.Time
 	out []Effect
 }
 
-// waiter is someone waiting for a savepoint's outcome.
+// waiter is a savepoint request waiting for its outcome: everyone who
+// asked for it (a request sent again with the same id joins), and what
+// to do once the job stopped.
 type waiter struct {
-	reply   any // nil: nobody to answer
-	rescale int // > 0: resubmit at this parallelism once stopped
+	replies []any // empty: nobody to answer
+	rescale int   // > 0: resubmit at this parallelism once stopped
+	key     requestKey
 }
+
+// MaxRemembered is how many answered request ids an engine (a term)
+// remembers, the oldest forgotten first: a request sent again with an id
+// still remembered is answered as the first was and not carried out again.
+// A client sends again within its timeout (seconds), so 1,000 ids cover
+// far more than the requests of that window.
+const MaxRemembered = 1000
+
+// requestKey names a user request by its operation and its client-chosen
+// request id (subjects.SubmitJob.RequestID and the like). Savepoint, stop
+// and rescale share the operation "savepoint".
+type requestKey struct{ op, id string }
+
+// Operations of requestKey.
+const (
+	opSubmit    = "submit"
+	opCancel    = "cancel"
+	opSavepoint = "savepoint"
+)
 
 type job struct {
 	jm  *jobmaster.Master
@@ -104,7 +134,8 @@ func New(cfg Config) *Engine {
 	}
 	// lastSweep is left zero: a term sweeps at its first tick (what is
 	// swept is older than the grace, whoever wrote it).
-	return &Engine{cfg: cfg, log: log, jobs: map[string]*job{}, waiters: map[uint64]waiter{},
+	return &Engine{cfg: cfg, log: log, jobs: map[string]*job{}, waiters: map[uint64]*waiter{},
+		answers: map[requestKey]subjects.Message{}, inFlight: map[requestKey]uint64{},
 		rm: resource.New(resource.Config{Epoch: cfg.Epoch, HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatTimeout: cfg.HeartbeatTimeout})}
 }
 
@@ -123,19 +154,27 @@ func (e *Engine) Step(now time.Time, ev Event) []Effect {
 	case Submit:
 		e.submit(ev, now)
 	case CancelJob:
+		key := requestKey{opCancel, ev.RequestID}
+		if e.repeat(key, ev.Reply) {
+			break
+		}
 		j := e.jobs[ev.Job]
 		if j == nil {
-			e.reply(ev.Reply, &subjects.JobInfo{Error: unknownJob(ev.Job)})
+			e.answer(key, ev.Reply, &subjects.JobInfo{Error: unknownJob(ev.Job)})
 			break
 		}
 		e.doCC(ev.Job, j.cc.Cancel("job canceled", now), now)
 		e.doJM(ev.Job, j.jm.Cancel("canceled by user", now), now)
 		info := j.jm.Info()
-		e.reply(ev.Reply, &info)
+		e.answer(key, ev.Reply, &info)
 	case TriggerSavepoint:
 		e.triggerSavepoint(ev, now)
 	case RefuseSavepoint:
-		e.savepointError(ev.Reply, ev.Job, ev.Err)
+		e.reply(ev.Reply, e.savepointError(ev.Job, ev.Err))
+	case Resubmitted:
+		e.resubmitted(ev)
+	case Answered:
+		e.remember(requestKey{ev.Op, ev.RequestID}, ev.Msg)
 	case Register:
 		e.register(&ev.Req, ev.Reply, now)
 	case Heartbeat:
@@ -199,6 +238,63 @@ func (e *Engine) reply(to any, m subjects.Message) {
 	}
 }
 
+// answer replies m to the request key and remembers it as the request's
+// answer.
+func (e *Engine) answer(key requestKey, to any, m subjects.Message) {
+	e.reply(to, m)
+	e.remember(key, m)
+}
+
+// remember keeps a copy of m as the answer of request key (none without a
+// request id), forgetting the oldest beyond MaxRemembered.
+func (e *Engine) remember(key requestKey, m subjects.Message) {
+	if key.id == "" {
+		return
+	}
+	if _, ok := e.answers[key]; !ok {
+		e.answered = append(e.answered, key)
+	}
+	e.answers[key] = clone(m)
+	if len(e.answered) > MaxRemembered {
+		delete(e.answers, e.answered[0])
+		e.answered = e.answered[1:]
+	}
+}
+
+// repeat handles a request whose id this term has seen: one answered is
+// answered again with the remembered answer (Reply.Repeat), and reply
+// joins a savepoint still in flight. It returns false for a request to
+// carry out.
+func (e *Engine) repeat(key requestKey, reply any) bool {
+	if key.id == "" {
+		return false
+	}
+	if m, ok := e.answers[key]; ok {
+		e.log.Info("request sent again: answered as before", "op", key.op, "request", key.id)
+		if reply != nil {
+			e.emit(Reply{To: reply, Msg: clone(m), Repeat: true})
+		}
+		return true
+	}
+	if id, ok := e.inFlight[key]; ok {
+		e.log.Info("request sent again: it waits for the savepoint in flight", "op", key.op, "request", key.id)
+		if reply != nil {
+			w := e.waiters[id]
+			w.replies = append(w.replies, reply)
+		}
+		return true
+	}
+	return false
+}
+
+// clone returns a shallow copy of m, so that every reply is its own
+// message (encoding a message stamps its header).
+func clone(m subjects.Message) subjects.Message {
+	v := reflect.New(reflect.TypeOf(m).Elem())
+	v.Elem().Set(reflect.ValueOf(m).Elem())
+	return v.Interface().(subjects.Message)
+}
+
 // notify emits ev as an event about about, stamped now.
 func (e *Engine) notify(ev subjects.Event, about string) {
 	ev.Time = e.now.UTC()
@@ -252,11 +348,26 @@ func (e *Engine) startJob(r subjects.JobRecord, cps RunCheckpoints, recoverUntil
 	}
 }
 
-// submit starts a new run of a job, unless one runs.
+// submit starts a new run of a job, unless one runs. A submission sent
+// again (its request id remembered, or recorded in the job's run by this
+// term or an earlier one) is answered with the run it started.
 func (e *Engine) submit(s Submit, now time.Time) {
 	name := s.Spec.Name
+	key := requestKey{opSubmit, s.RequestID}
+	if e.repeat(key, s.Reply) {
+		return
+	}
+	if j := e.jobs[name]; j != nil && s.RequestID != "" && j.rec.RequestID == s.RequestID {
+		e.log.Info("submission sent again: answered with the run it started", "job", name, "request", s.RequestID)
+		info := e.jobInfo(j)
+		if s.Reply != nil {
+			e.emit(Reply{To: s.Reply, Msg: &info, Repeat: true})
+		}
+		e.remember(key, &info)
+		return
+	}
 	if j := e.jobs[name]; j != nil && !j.jm.State().Terminal() {
-		e.reply(s.Reply, &subjects.JobInfo{Error: subjects.Errorf(subjects.CodeJobExists, "job %q is %s; cancel or stop it first", name, j.jm.State())})
+		e.answer(key, s.Reply, &subjects.JobInfo{Error: subjects.Errorf(subjects.CodeJobExists, "job %q is %s; cancel or stop it first", name, j.jm.State())})
 		return
 	}
 	// The run's checkpoint ids continue after every record of the job name,
@@ -268,12 +379,13 @@ func (e *Engine) submit(s Submit, now time.Time) {
 		cps.Latest = max(cps.Latest, cps.From.ID)
 	}
 	rec := subjects.JobRecord{Spec: s.Spec, State: subjects.JobCreated, Submitted: now.UTC(), FromSavepoint: s.FromKey, FirstID: cps.Latest + 1,
-		AllowOperatorChange: s.AllowOperatorChange && s.FromKey != "", FirstAttempt: jobmaster.NextAttempt(e.cfg.Epoch, e.attempts)}
+		AllowOperatorChange: s.AllowOperatorChange && s.FromKey != "", FirstAttempt: jobmaster.NextAttempt(e.cfg.Epoch, e.attempts),
+		RequestID: s.RequestID}
 	e.emit(PersistJob{Record: rec})
 	e.notify(subjects.Event{Kind: subjects.EventJobSubmitted, Job: name, Location: s.From}, name)
 	e.startJob(rec, cps, time.Time{}, now)
 	info := e.jobInfo(e.jobs[name])
-	e.reply(s.Reply, &info)
+	e.answer(key, s.Reply, &info)
 }
 
 // checkpointTasks returns every task's current attempt and the worker it
@@ -544,28 +656,41 @@ func (e *Engine) doCC(name string, acts []checkpoint.Action, now time.Time) {
 	}
 }
 
-// triggerSavepoint queues a savepoint; its waiter hears the outcome.
+// triggerSavepoint queues a savepoint; its waiter hears the outcome. A
+// request sent again (its id seen) joins the savepoint in flight or is
+// answered as before.
 func (e *Engine) triggerSavepoint(t TriggerSavepoint, now time.Time) {
 	name := t.Request.Job
+	key := requestKey{opSavepoint, t.Request.RequestID}
+	if e.repeat(key, t.Reply) {
+		return
+	}
 	j := e.jobs[name]
 	switch {
 	case j == nil:
-		e.savepointError(t.Reply, name, unknownJob(name))
+		e.answer(key, t.Reply, e.savepointError(name, unknownJob(name)))
 		return
 	case j.jm.State().Terminal():
-		e.savepointError(t.Reply, name, subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", name, j.jm.State()))
+		e.answer(key, t.Reply, e.savepointError(name, subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", name, j.jm.State())))
 		return
 	}
 	e.requests++
-	e.waiters[e.requests] = waiter{reply: t.Reply, rescale: t.Rescale}
+	w := &waiter{rescale: t.Rescale, key: key}
+	if t.Reply != nil {
+		w.replies = append(w.replies, t.Reply)
+	}
+	e.waiters[e.requests] = w
+	if key.id != "" {
+		e.inFlight[key] = e.requests
+	}
 	r := t.Request
 	j.cc.TriggerSavepoint(checkpoint.SavepointRequest{ID: e.requests, Format: r.Format, Dir: t.Dir, Stop: r.Stop || t.Rescale > 0}, now)
 	e.log.Info("savepoint requested", "job", name, "format", r.Format.String(), "stop", r.Stop, "rescale", t.Rescale)
 }
 
-// savepointError answers a savepoint request refused before it was queued
-// (reply may be nil) and says so in the log and as an event.
-func (e *Engine) savepointError(reply any, name string, err error) {
+// savepointError returns the answer to a savepoint request refused before
+// it was queued, and says so in the log and as an event.
+func (e *Engine) savepointError(name string, err error) *subjects.SavepointResult {
 	e.log.Warn("savepoint refused", "job", name, "err", err)
 	about := name
 	if subjects.ValidateName("job", name) != nil {
@@ -573,12 +698,11 @@ func (e *Engine) savepointError(reply any, name string, err error) {
 	}
 	e.notify(subjects.Event{Kind: subjects.EventCheckpointFailed, Job: name, Error: subjects.AsError(err),
 		Message: "savepoint request refused"}, about)
-	e.reply(reply, &subjects.SavepointResult{Job: name, Error: subjects.AsError(err)})
+	return &subjects.SavepointResult{Job: name, Error: subjects.AsError(err)}
 }
 
 func (e *Engine) savepointDone(name string, a checkpoint.SavepointDone, now time.Time) {
 	w, ok := e.waiters[a.Request]
-	delete(e.waiters, a.Request)
 	res := a.Result
 	if res.Error == nil {
 		res.Location = e.locationOf(res.Location)
@@ -596,15 +720,40 @@ func (e *Engine) savepointDone(name string, a checkpoint.SavepointDone, now time
 		e.doCC(name, j.cc.Cancel("job stopped with a savepoint", now), now)
 		e.doJM(name, j.jm.Finish("stopped with savepoint "+res.Location, now), now)
 		if ok && w.rescale > 0 {
+			// The waiter stays (a rescale sent again joins it) until
+			// Resubmitted.
 			spec := j.jm.Spec()
 			spec.Parallelism = w.rescale
-			e.emit(Resubmit{Spec: spec, Result: res, To: w.reply})
+			e.emit(Resubmit{Spec: spec, Result: res, Request: a.Request, To: slices.Clone(w.replies)})
 			return
 		}
 	}
 	if ok {
-		e.reply(w.reply, &res)
+		e.finish(a.Request, &res)
 	}
+}
+
+// finish answers everyone waiting for savepoint request id with res and
+// remembers it as the request's answer.
+func (e *Engine) finish(id uint64, res *subjects.SavepointResult) {
+	w := e.waiters[id]
+	delete(e.waiters, id)
+	if w.key.id != "" {
+		delete(e.inFlight, w.key)
+	}
+	for _, to := range w.replies {
+		e.reply(to, clone(res))
+	}
+	e.remember(w.key, res)
+}
+
+// resubmitted answers a rescale once its job was resubmitted.
+func (e *Engine) resubmitted(r Resubmitted) {
+	if _, ok := e.waiters[r.Request]; !ok {
+		return
+	}
+	res := r.Result
+	e.finish(r.Request, &res)
 }
 
 // sweep emits an orphan sweep of every job's checkpoint directories: what

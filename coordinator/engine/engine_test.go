@@ -33,6 +33,12 @@ import (
 //	savepoint clicks | stop clicks | rescale clicks parallelism=3 | cancel clicks
 //	resubmitted                            the adapter resubmits what Resubmit asked for
 //	info clicks                            the job's state and tasks
+//	refusal clicks [request=ID]            what the adapter's early check of a savepoint, stop or rescale says
+//
+// submit, savepoint, stop, rescale and cancel take [request=ID] (the
+// client's request id) and [as=NAME] (who asks: the reply then reads
+// "reply to=NAME"; without it the user, unnamed). A reply that repeats an
+// earlier answer reads "reply again".
 //
 // Each command prints the effects the engine returned. Rewrite with
 // go test ./coordinator/engine -rewrite.
@@ -57,8 +63,12 @@ type harness struct {
 	resubmits []Resubmit
 	barriers  map[string][]subjects.Barrier // per job, as sent (workers remember them across terms)
 	spec      subjects.JobSpec
-	latestID  uint64 // the highest checkpoint id committed, for a resubmit
+	latestID  uint64             // the highest checkpoint id committed, for a resubmit
+	persisted subjects.JobRecord // the job's record as last persisted, which a new term resumes
 }
+
+// asker is the reply token of a user named with as=NAME.
+type asker string
 
 // fakeWorker is what a worker holds: its slots' allocations and tasks.
 type fakeWorker struct {
@@ -114,6 +124,8 @@ func (h *harness) note(f Effect) {
 		h.commits = append(h.commits, f)
 	case Resubmit:
 		h.resubmits = append(h.resubmits, f)
+	case PersistJob:
+		h.persisted = f.Record
 	case Reply:
 		if r, ok := f.Msg.(*subjects.HeartbeatResponse); ok {
 			for _, a := range r.Release {
@@ -185,7 +197,17 @@ func describe(f Effect) string {
 	case MapInput:
 		return "map-input " + f.Spec.Name
 	case Reply:
-		return "reply " + replyLine(f.Msg)
+		s := "reply "
+		if f.Repeat {
+			s = "reply again "
+		}
+		if a, ok := f.To.(asker); ok {
+			s += "to=" + string(a) + " "
+		}
+		if line := replyLine(f.Msg); line != "" {
+			return s + line
+		}
+		return ""
 	case Resubmit:
 		return fmt.Sprintf("resubmit %s parallelism=%d from=%s", f.Spec.Name, f.Spec.Parallelism, f.Result.Location)
 	case SweepOrphans:
@@ -234,6 +256,12 @@ func replyLine(m subjects.Message) string {
 func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 	arg := func(k string) string { return tracetest.Arg(d, k) }
 	num := func(k string) int { return tracetest.Int(d, k) }
+	user := func() any {
+		if v := arg("as"); v != "" {
+			return asker(v)
+		}
+		return "user"
+	}
 	var out strings.Builder
 	emit := func(s string) {
 		for _, line := range strings.Split(s, "\n") {
@@ -253,7 +281,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		if h.spec.Name != "" {
 			// The new term resumes the job from the store: its record and
 			// the checkpoints committed so far.
-			rec := subjects.JobRecord{Spec: h.spec, State: subjects.JobRunning, FirstID: 1}
+			rec := subjects.JobRecord{Spec: h.spec, State: subjects.JobRunning, FirstID: 1, RequestID: h.persisted.RequestID}
 			cps := RunCheckpoints{Latest: h.latestID}
 			if h.latestID > 0 {
 				cps.Restore = RestorePoints(h.record(h.latestID))
@@ -308,7 +336,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 		spec.Checkpoint.MaxConcurrent = num("concurrent")
 		spec = spec.WithDefaults()
 		h.spec = spec
-		emit(h.step(Submit{Spec: spec, Checkpoints: RunCheckpoints{Latest: uint64(num("latest"))}, Reply: "user"}))
+		emit(h.step(Submit{Spec: spec, Checkpoints: RunCheckpoints{Latest: uint64(num("latest"))}, Reply: user(), RequestID: arg("request")}))
 	case "grant":
 		reqs := h.slotReqs
 		h.slotReqs = nil
@@ -402,8 +430,8 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			emit(h.step(Committed{Job: c.Job, ID: c.Record.ID, Err: err}))
 		}
 	case "savepoint", "stop", "rescale":
-		req := subjects.TriggerSavepoint{Job: tracetest.First(d), Stop: d.Cmd == "stop"}
-		emit(h.step(TriggerSavepoint{Request: req, Reply: "user", Rescale: num("parallelism")}))
+		req := subjects.TriggerSavepoint{Job: tracetest.First(d), Stop: d.Cmd == "stop", RequestID: arg("request")}
+		emit(h.step(TriggerSavepoint{Request: req, Reply: user(), Rescale: num("parallelism")}))
 	case "resubmitted":
 		rs := h.resubmits
 		h.resubmits = nil
@@ -412,11 +440,17 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			sp := RestorePoints(subjects.CheckpointRecord{ID: r.Result.Checkpoint, Tasks: h.savepointTasks(r.Result.Checkpoint)})
 			h.spec = r.Spec
 			emit(h.step(Submit{Spec: r.Spec, From: r.Result.Location, FromKey: r.Result.Location,
-				Checkpoints: RunCheckpoints{Latest: r.Result.Checkpoint, Restore: sp}, Reply: "user"}))
-			emit(describe(Reply{To: r.To, Msg: &r.Result}))
+				Checkpoints: RunCheckpoints{Latest: r.Result.Checkpoint, Restore: sp}, Reply: "adapter"}))
+			emit(h.step(Resubmitted{Request: r.Request, Result: r.Result}))
 		}
 	case "cancel":
-		emit(h.step(CancelJob{Job: tracetest.First(d), Reply: "user"}))
+		emit(h.step(CancelJob{Job: tracetest.First(d), Reply: user(), RequestID: arg("request")}))
+	case "refusal":
+		if err := h.eng.Refusal(tracetest.First(d), arg("request")); err != nil {
+			fmt.Fprintf(&out, "refused: %v\n", err)
+		} else {
+			out.WriteString("not refused\n")
+		}
 	case "info":
 		info, _ := h.eng.JobInfo(tracetest.First(d))
 		fmt.Fprintf(&out, "%s %s parallelism=%d\n", info.Job, info.State, len(info.Tasks))
@@ -507,4 +541,38 @@ func duration(t *testing.T, s string) time.Duration {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// TestRememberedRequestsAreBounded: a term remembers the answers of the
+// last MaxRemembered request ids; a request whose id was forgotten is
+// carried out again.
+func TestRememberedRequestsAreBounded(t *testing.T) {
+	e := New(Config{Epoch: 1})
+	cancel := func(id string) Reply {
+		t.Helper()
+		fs := e.Step(e.now, CancelJob{Job: "clicks", Reply: "user", RequestID: id})
+		if len(fs) != 1 {
+			t.Fatalf("cancel %s: effects %v", id, fs)
+		}
+		return fs[0].(Reply)
+	}
+	for i := range MaxRemembered + 1 {
+		if r := cancel(fmt.Sprint("r", i)); r.Repeat {
+			t.Fatalf("request %d, a new id, answered as a repeat", i)
+		}
+	}
+	if len(e.answers) != MaxRemembered || len(e.answered) != MaxRemembered {
+		t.Fatalf("remembers %d answers (%d in order), want %d", len(e.answers), len(e.answered), MaxRemembered)
+	}
+	if r := cancel(fmt.Sprint("r", MaxRemembered)); !r.Repeat {
+		t.Errorf("the newest id was not remembered")
+	}
+	if r := cancel("r0"); r.Repeat {
+		t.Errorf("the oldest id is still remembered past %d", MaxRemembered)
+	}
+	// A repeat is a copy: encoding one answer does not touch another.
+	a, b := cancel("r1"), cancel("r1")
+	if a.Msg == b.Msg {
+		t.Errorf("two repeats share one message")
+	}
 }

@@ -34,18 +34,31 @@ type Submit struct {
 	// not), Restore and From the submitted savepoint's restore point.
 	Checkpoints RunCheckpoints
 	Reply       any
+	// RequestID is the client's request id (subjects.SubmitJob.RequestID),
+	// if any: the engine starts one run per id. A submission sent again
+	// within the term (MaxRemembered ids), or to a later term that found
+	// the run's record (subjects.JobRecord.RequestID), is answered with
+	// the run it started (Reply.Repeat), not job_exists.
+	RequestID string
 }
 
-// CancelJob cancels a job. Reply hears a *subjects.JobInfo.
+// CancelJob cancels a job. Reply hears a *subjects.JobInfo. A cancel with
+// a RequestID this term already answered is answered as before.
 type CancelJob struct {
-	Job   string
-	Reply any
+	Job       string
+	Reply     any
+	RequestID string
 }
 
 // TriggerSavepoint queues a savepoint of Request.Job into Dir ("" for the
 // default). Reply hears a *subjects.SavepointResult once the savepoint
 // ends; Rescale > 0 stops the job with it and resubmits it at that
-// parallelism (a Resubmit effect).
+// parallelism (a Resubmit effect). A request with a Request.RequestID this
+// term has seen (savepoint, stop and rescale alike) is not carried out
+// again: Reply joins the savepoint in flight, and hears the same outcome,
+// or hears the remembered answer. A term knows nothing of the requests of
+// an earlier one: a request the previous leader never answered is carried
+// out anew.
 type TriggerSavepoint struct {
 	Request subjects.TriggerSavepoint
 	Dir     string
@@ -61,6 +74,21 @@ type RefuseSavepoint struct {
 	Job   string
 	Err   error
 	Reply any
+}
+
+// Resubmitted is the outcome of a Resubmit: Result, with the error of the
+// submission if it failed. Everyone waiting for the rescale hears it.
+type Resubmitted struct {
+	Request uint64
+	Result  subjects.SavepointResult
+}
+
+// Answered remembers Msg as the answer of the request with RequestID for
+// operation Op, a request the caller carried out itself (savepoint
+// delete): Answer returns it for the same request sent again.
+type Answered struct {
+	Op, RequestID string
+	Msg           subjects.Message
 }
 
 // Register is a worker's registration; Reply hears a
@@ -135,6 +163,8 @@ func (Submit) isEvent()           {}
 func (CancelJob) isEvent()        {}
 func (TriggerSavepoint) isEvent() {}
 func (RefuseSavepoint) isEvent()  {}
+func (Resubmitted) isEvent()      {}
+func (Answered) isEvent()         {}
 func (Register) isEvent()         {}
 func (Heartbeat) isEvent()        {}
 func (Offer) isEvent()            {}
@@ -225,19 +255,26 @@ type FailedOver struct {
 // coordinator maps input at runtime (Config.MapInput).
 type MapInput struct{ Spec subjects.JobSpec }
 
-// Reply: answer To (an Event's Reply) with Msg. A nil To is nobody.
+// Reply: answer To (an Event's Reply) with Msg. A nil To is nobody. Repeat
+// says that Msg is the answer of a request already carried out (its
+// request id sent again): the caller must not act on it a second time
+// (what the adapter does after a submission).
 type Reply struct {
-	To  any
-	Msg subjects.Message
+	To     any
+	Msg    subjects.Message
+	Repeat bool
 }
 
 // Resubmit: a job stopped with savepoint Result.Location for a rescale;
-// submit Spec from it, then answer To with Result (with the error, if the
-// submission failed).
+// submit Spec from it, then feed back Resubmitted with Request and Result
+// (with the error, if the submission failed), which answers everyone
+// waiting. To are those waiting now, to answer directly only if the term
+// ends first.
 type Resubmit struct {
-	Spec   subjects.JobSpec
-	Result subjects.SavepointResult
-	To     any
+	Spec    subjects.JobSpec
+	Result  subjects.SavepointResult
+	Request uint64
+	To      []any
 }
 
 // SweepJob is what the orphan sweep of one job must keep: objects

@@ -70,8 +70,16 @@ func (e *Engine) MaxParallelism(name string) int {
 }
 
 // Refusal returns why a savepoint, stop or rescale of job name is refused
-// at once (it does not exist or has ended), nil if it is not.
-func (e *Engine) Refusal(name string) *subjects.Error {
+// at once (it does not exist or has ended), nil if it is not, or if its
+// request id was seen (TriggerSavepoint answers it).
+func (e *Engine) Refusal(name, requestID string) *subjects.Error {
+	key := requestKey{opSavepoint, requestID}
+	if _, ok := e.inFlight[key]; ok && requestID != "" {
+		return nil
+	}
+	if _, ok := e.answers[key]; ok && requestID != "" {
+		return nil
+	}
 	switch j := e.jobs[name]; {
 	case j == nil:
 		return unknownJob(name)
@@ -79,6 +87,16 @@ func (e *Engine) Refusal(name string) *subjects.Error {
 		return subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", name, j.jm.State())
 	}
 	return nil
+}
+
+// Answer returns a copy of the remembered answer of the request with
+// requestID for operation op (Answered), and false if there is none.
+func (e *Engine) Answer(op, requestID string) (subjects.Message, bool) {
+	m, ok := e.answers[requestKey{op, requestID}]
+	if !ok || requestID == "" {
+		return nil, false
+	}
+	return clone(m), true
 }
 
 // StateLookup returns the key group of key in job name, or why no task can

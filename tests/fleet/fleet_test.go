@@ -59,6 +59,17 @@ func (f *fleet) startCoordinator() context.CancelFunc {
 
 // startCoordinatorWith is startCoordinator with a hook to adjust the config.
 func (f *fleet) startCoordinatorWith(adjust func(*coordinator.Config)) (context.CancelFunc, *coordinator.Coordinator) {
+	c := f.newCoordinator(adjust)
+	return f.run("coordinator", c.Run, c.Ready()), c
+}
+
+// startStandby runs a coordinator without waiting for it to lead.
+func (f *fleet) startStandby(adjust func(*coordinator.Config)) (context.CancelFunc, *coordinator.Coordinator) {
+	c := f.newCoordinator(adjust)
+	return f.run("coordinator", c.Run, nil), c
+}
+
+func (f *fleet) newCoordinator(adjust func(*coordinator.Config)) *coordinator.Coordinator {
 	cfg := coordinator.Config{Conn: f.conn(), Store: f.store, Logger: logger(f.t),
 		HeartbeatInterval: 200 * time.Millisecond, HeartbeatTimeout: time.Second,
 		MapInput: func(src, dest string) error { return f.srv.GlobalAccount().AddMapping(src, dest) }}
@@ -69,7 +80,7 @@ func (f *fleet) startCoordinatorWith(adjust func(*coordinator.Config)) (context.
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	return f.run("coordinator", c.Run, c.Ready()), c
+	return c
 }
 
 // startWorker runs a worker with its own connection and data dir; closing

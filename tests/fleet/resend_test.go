@@ -1,0 +1,104 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flotilla-io/flotilla/coordinator"
+	"github.com/flotilla-io/flotilla/subjects"
+)
+
+// TestRequestsResentToTheNextLeader: a savepoint whose leader's term ends
+// before it is answered (the leader dies between the tasks' acks and the
+// commit) is lost with the term; the client, hearing nothing, sends it
+// again with the same request id, and the next leader takes and answers
+// it. A submission sent again to the next leader is answered with the run
+// it started (which the job's record names), as it is by the leader that
+// started it, not job_exists.
+func TestRequestsResentToTheNextLeader(t *testing.T) {
+	f := newFleet(t)
+	var (
+		once sync.Once
+		held = make(chan struct{}) // the old leader is at its savepoint's commit
+		dead = make(chan struct{})
+	)
+	defer close(dead)
+	stopA, a := f.startCoordinatorWith(func(cfg *coordinator.Config) {
+		cfg.Name = "a"
+		cfg.BeforeCommit = func(r subjects.CheckpointRecord) error {
+			if r.Kind != subjects.KindSavepoint {
+				return nil
+			}
+			once.Do(func() { close(held) })
+			<-dead // the process is gone: this commit never happens
+			return errors.New("coordinator died")
+		}
+	})
+	termA := a.Epoch()
+	_, b := f.startStandby(func(cfg *coordinator.Config) { cfg.Name = "b" })
+	f.startWorker("w1", 2)
+	f.waitWorkers(1)
+	ctx := context.Background()
+	submit := subjects.SubmitJob{Spec: countSpec("clicks", 2), RequestID: "submit-1"}
+	if _, err := f.api.SubmitJob(ctx, submit); err != nil {
+		t.Fatal(err)
+	}
+	truth := map[string]int64{}
+	f.publish(500, 10, 7, truth)
+	f.checkState("clicks", truth, 30*time.Second)
+	// Sent again to the same leader: the run it started.
+	if info, err := f.api.SubmitJob(ctx, submit); err != nil || info.State != subjects.JobRunning {
+		t.Fatalf("the submission sent again to its leader: %+v, %v; want the running run", info, err)
+	}
+
+	type outcome struct {
+		res subjects.SavepointResult
+		err error
+	}
+	answered := make(chan outcome, 1)
+	start := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		res, err := f.api.TriggerSavepoint(ctx, subjects.TriggerSavepoint{Job: "clicks", RequestID: "savepoint-1"})
+		answered <- outcome{res, err}
+	}()
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the savepoint never reached its commit")
+	}
+	stopA() // gives the lease up: b takes over at once
+	var o outcome
+	select {
+	case o = <-answered:
+	case <-time.After(time.Minute):
+		t.Fatal("the savepoint was never answered")
+	}
+	if o.err != nil || o.res.Checkpoint == 0 || o.res.Location == "" {
+		t.Fatalf("savepoint: %+v, %v", o.res, o.err)
+	}
+	termB := b.Epoch()
+	if termB <= termA {
+		t.Fatalf("b leads in term %d, a led in %d", termB, termA)
+	}
+	sps, err := f.api.Savepoints(ctx, "clicks")
+	if err != nil || len(sps) != 1 || sps[0].ID != o.res.Checkpoint {
+		t.Fatalf("savepoints %+v (%v), want one: %d", sps, err, o.res.Checkpoint)
+	}
+	t.Logf("savepoint %d answered by the leader of term %d %v after it was requested (term %d lost it)",
+		o.res.Checkpoint, termB, time.Since(start).Round(time.Millisecond), termA)
+
+	info, err := f.api.SubmitJob(ctx, submit)
+	if err != nil || info.Job != "clicks" || info.State != subjects.JobRunning {
+		t.Fatalf("the submission sent again: %+v, %v; want the running run", info, err)
+	}
+	if _, err := f.api.Submit(ctx, countSpec("clicks", 2), 0, ""); !errors.Is(err, subjects.CodeJobExists) {
+		t.Fatalf("another submission: %v, want job_exists", err)
+	}
+	f.publish(500, 10, 8, truth)
+	f.checkState("clicks", truth, 30*time.Second)
+}
