@@ -85,18 +85,60 @@ func newRequestID(id string) string {
 	return id
 }
 
+// leaderWait is how long Leader waits for the leader's own answer once a
+// standby answered.
+const leaderWait = 250 * time.Millisecond
+
 // Leader asks the coordinators who leads; any of them answers, leader or
-// standby. An error with CodeUnavailable means no coordinator answered.
+// standby. The leader's own answer wins: a standby's view of the lease may
+// be a moment old (a takeover just happened), so after a standby's answer
+// Leader waits up to leaderWait for the leader's, and otherwise returns the
+// standby's answer naming the highest term. An error with CodeUnavailable
+// means no coordinator answered.
 func (c *Client) Leader(ctx context.Context) (subjects.LeaderInfo, error) {
 	var info subjects.LeaderInfo
-	msg, err := c.nc.RequestWithContext(ctx, c.ns.Leader(), nil)
+	inbox := c.nc.NewRespInbox()
+	answers := make(chan *nats.Msg, 16)
+	sub, err := c.nc.ChanSubscribe(inbox, answers)
 	if err != nil {
-		return info, subjects.Errorf(subjects.CodeUnavailable, "no coordinator answers on %s: is one running? (%v)", c.ns.Leader(), err)
+		return info, subjects.Errorf(subjects.CodeUnavailable, "asking who leads: %v", err)
 	}
-	if err := subjects.Decode(msg.Data, &info); err != nil {
-		return info, err
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := c.nc.PublishRequest(c.ns.Leader(), inbox, nil); err != nil {
+		return info, subjects.Errorf(subjects.CodeUnavailable, "asking who leads: %v", err)
 	}
-	return info, errOf(info.Error)
+	var (
+		best  *subjects.LeaderInfo
+		after <-chan time.Time // set at the first answer
+	)
+	for {
+		select {
+		case msg := <-answers:
+			var a subjects.LeaderInfo
+			if err := subjects.Decode(msg.Data, &a); err != nil {
+				if best == nil {
+					return a, err
+				}
+				continue
+			}
+			if a.Error == nil && a.Leading {
+				return a, nil
+			}
+			if best == nil || (a.Error == nil && (best.Error != nil || a.Term > best.Term)) {
+				best = &a
+			}
+			if after == nil {
+				after = time.After(leaderWait)
+			}
+		case <-after:
+			return *best, errOf(best.Error)
+		case <-ctx.Done():
+			if best != nil {
+				return *best, errOf(best.Error)
+			}
+			return info, subjects.Errorf(subjects.CodeUnavailable, "no coordinator answers on %s: is one running? (%v)", c.ns.Leader(), ctx.Err())
+		}
+	}
 }
 
 // notLeader is the error for a request nobody served although a

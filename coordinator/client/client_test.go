@@ -164,3 +164,35 @@ func TestMutatingRequestsGetPastAPausedLeader(t *testing.T) {
 		})
 	}
 }
+
+// TestLeaderPrefersTheLeadersAnswer: every coordinator answers who leads,
+// and a standby's view may lag a takeover. The leader's own answer wins
+// even when a standby answers first; with no leader answering, the
+// standby's answer naming the highest term does.
+func TestLeaderPrefersTheLeadersAnswer(t *testing.T) {
+	srv := testutil.RunNATS(t)
+	ns := subjects.Namespace{}
+	answer := func(info subjects.LeaderInfo, delay time.Duration) *nats.Subscription {
+		sub, err := testutil.Connect(t, srv).Subscribe(ns.Leader(), func(m *nats.Msg) {
+			time.Sleep(delay)
+			_ = m.Respond(subjects.MustEncode(&info))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sub
+	}
+	answer(subjects.LeaderInfo{Leader: "c1", Term: 3, Answered: "c1"}, 0) // a leader that stepped down
+	answer(subjects.LeaderInfo{Leader: "c1", Term: 2, Answered: "c3"}, 0) // a standby further behind
+	leader := answer(subjects.LeaderInfo{Leader: "c2", Term: 4, Answered: "c2", Leading: true}, 50*time.Millisecond)
+	c := New(testutil.Connect(t, srv), ns)
+	info, err := c.Leader(context.Background())
+	if err != nil || info.Leader != "c2" || info.Term != 4 {
+		t.Fatalf("who leads: %+v %v, want c2's own answer (term 4)", info, err)
+	}
+	_ = leader.Unsubscribe()
+	info, err = c.Leader(context.Background())
+	if err != nil || info.Leader != "c1" || info.Term != 3 {
+		t.Fatalf("who leads, no leader answering: %+v %v, want the highest term (3)", info, err)
+	}
+}

@@ -129,7 +129,10 @@ func (m *Machine) Acquired(l metastore.Lease, err error, sent, now time.Time) []
 		}
 		return []Action{Lead{Lease: l}}
 	case errors.Is(err, metastore.ErrLeaseHeld):
-		m.lease, m.known = l, l.Holder != ""
+		// A lease without a term is being acquired (its holder has created
+		// it and not yet written its term): who will lead, and in which
+		// term, is not known yet.
+		m.lease, m.known = l, l.Holder != "" && l.Term != 0
 	default:
 		m.known = false
 	}

@@ -123,6 +123,13 @@ func TestStandby(t *testing.T) {
 	if _, ok := m.Leader(); ok {
 		t.Fatal("still names a leader after an unanswered poll")
 	}
+	// A lease read between its creation and its term's write is being
+	// acquired: no term to report yet.
+	m.Tick(t0.Add(3 * time.Second))
+	m.Acquired(metastore.Lease{Holder: "c"}, metastore.ErrLeaseHeld, t0.Add(3*time.Second), t0.Add(3*time.Second))
+	if l, ok := m.Leader(); ok {
+		t.Fatalf("names %+v, a lease without a term, as the leader", l)
+	}
 }
 
 // TestSlowAcquisition: an acquisition answered after its deadline does not

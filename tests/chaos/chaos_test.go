@@ -222,9 +222,19 @@ func runChaos(t *testing.T, clustered bool) {
 		c.faults, injected.Round(time.Second), strings.Join(kinds, ", "), acked)
 	c.waitRunning(3 * time.Minute)
 
-	tr, err := groundTruth(context.Background(), c.js, c.inputStreams(), acked)
-	if err != nil {
-		t.Fatal(err)
+	// The truth is read from the source streams, which a cluster that just
+	// healed may not serve yet (a stream without a leader answers 503):
+	// read it again, boundedly.
+	var tr truth
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		if tr, err = groundTruth(context.Background(), c.js, c.inputStreams(), acked); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		t.Logf("reading the ground truth (again in 2s): %v", err)
+		time.Sleep(2 * time.Second)
 	}
 	// Every key's state must converge to the truth: poll, boundedly.
 	var res tally

@@ -42,6 +42,11 @@ func (c *cluster) leading() (*coordinator, uint64, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		info, err := c.api.Leader(ctx)
 		cancel()
+		if err == nil && !info.Leading {
+			// A standby's view may lag a takeover: only the leader's own
+			// answer gives the term the takeover is measured from.
+			err = fmt.Errorf("no coordinator answered as the leader (%s answered: %q leads, term %d)", info.Answered, info.Leader, info.Term)
+		}
 		if err == nil {
 			for _, co := range c.coords {
 				if co.name == info.Leader {
