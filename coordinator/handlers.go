@@ -158,7 +158,12 @@ func (c *leader) onHeartbeat(msg *nats.Msg) {
 		if resp.Error == nil {
 			for _, s := range hb.Slots {
 				if e := c.jobs[s.Job]; e != nil && s.Attempt != 0 {
-					e.jm.TaskSkipped(subjects.TaskRef{Job: s.Job, Task: s.Task, Attempt: s.Attempt}, s.Skipped)
+					ref := subjects.TaskRef{Job: s.Job, Task: s.Task, Attempt: s.Attempt}
+					e.jm.TaskSkipped(ref, s.Skipped)
+					if s.State == subjects.TaskRunning && e.jm.HeartbeatRunning(hb.Worker, ref, now) {
+						c.log.Info("task running as its worker's heartbeat reports; its own status report has not arrived",
+							"job", s.Job, "task", s.Task, "attempt", s.Attempt, "worker", hb.Worker)
+					}
 				}
 			}
 		}
