@@ -29,10 +29,11 @@ type inputWatch struct {
 	read   atomic.Uint64 // stream sequence of the last event read
 
 	// The watchdog's own: the count at its last check, since when the
-	// reader has waited with that count, and what inputStalled suspects.
+	// reader has waited with that count, and what the checks of that wait
+	// found in the stream.
 	lastN     uint64
 	idleSince time.Time
-	suspect   uint64
+	suspect   suspicion
 }
 
 // waiting records that the reader waits for the next event.
@@ -52,11 +53,17 @@ func (w *inputWatch) got(seq uint64) {
 const stallCheck = 5 * time.Second
 
 // watchInputs checks, every stallCheck, each input whose reader has waited
-// in Next, reading nothing, for longer than Config.InputStallTimeout (a
-// reader held by a busy task is not waiting): if its stream holds events
-// after the last one read at two checks in a row, the input is stalled and
-// the task fails. An idle input costs one stream info
-// request per check once it has waited that long.
+// in Next, reading nothing, since the previous check (a reader held by a
+// busy task is not waiting): if its stream has held events after the last
+// one read for Config.InputStallTimeout, counted from the first check that
+// found them, the input is stalled and the task fails. An idle input costs
+// one stream info request per check.
+//
+// The time counts from when the stream is found holding later events, not
+// from the reader's last event: a sparse input (one of 32 partition
+// streams, say) may legitimately get nothing for minutes, and its
+// consumer, recreated after a server was lost, must get the same
+// InputStallTimeout to deliver the next event as a busy input's.
 func (t *task) watchInputs(ctx context.Context, js jetstream.JetStream, errc chan<- error) {
 	tick := time.NewTicker(stallCheck)
 	defer tick.Stop()
@@ -83,10 +90,7 @@ func (t *task) watchInputs(ctx context.Context, js jetstream.JetStream, errc cha
 func (t *task) checkStall(ctx context.Context, js jetstream.JetStream, in *input, now time.Time) error {
 	w := &in.watch
 	if n := w.n.Load(); !w.inNext.Load() || n != w.lastN || w.idleSince.IsZero() {
-		w.lastN, w.idleSince, w.suspect = n, now, 0
-		return nil
-	}
-	if now.Sub(w.idleSince) < t.w.cfg.InputStallTimeout {
+		w.lastN, w.idleSince, w.suspect = n, now, suspicion{}
 		return nil
 	}
 	read := w.read.Load()
@@ -94,34 +98,45 @@ func (t *task) checkStall(ctx context.Context, js jetstream.JetStream, in *input
 	s, err := js.Stream(sctx, in.Name)
 	cancel()
 	if err != nil {
-		return nil // the stream cannot say: its own trouble, not the consumer's
-	}
-	st := s.CachedInfo().State
-	last := st.LastSeq
-	stalled, suspect := inputStalled(read, st.FirstSeq, last, w.suspect)
-	w.suspect = suspect
-	if !stalled {
+		// The stream cannot say: its own trouble, not the consumer's,
+		// which cannot deliver either. The consumer's time starts again
+		// once the stream answers (after a loss of quorum, say).
+		w.suspect = suspicion{}
 		return nil
 	}
-	waited := now.Sub(w.idleSince).Round(time.Second)
+	st := s.CachedInfo().State
+	if !w.suspect.check(read, st.FirstSeq, st.LastSeq, now, t.w.cfg.InputStallTimeout) {
+		return nil
+	}
+	held, waited := now.Sub(w.suspect.since).Round(time.Second), now.Sub(w.idleSince).Round(time.Second)
 	t.log.Warn("input stalled: its consumer delivers nothing while the stream holds later events; failing the task so that it restarts with new consumers",
-		"stream", in.Name, "read", read, "stream_last", last, "waited", waited)
+		"stream", in.Name, "read", read, "stream_last", st.LastSeq, "held", held, "waited", waited)
 	return subjects.Errorf(subjects.CodeStorageUnavailable,
-		"input stream %s stalled: nothing delivered for %s after sequence %d while the stream holds events up to %d", in.Name, waited, read, last)
+		"input stream %s stalled: it has held events after sequence %d (up to %d) for %s, and its consumer delivered none",
+		in.Name, read, st.LastSeq, held)
 }
 
-// inputStalled decides from the last sequence read and the stream's first
-// and last sequences, given what the previous check found (nextSuspect: 0,
-// or the read sequence plus one at which it found later events): an input
-// is stalled when two checks in a row find events stored after the same
-// read sequence. One check is not enough: an event stored just before it
-// may not have been delivered yet.
-func inputStalled(read, streamFirst, streamLast, suspect uint64) (stalled bool, nextSuspect uint64) {
+// suspicion is what the checks of one wait of a reader found: since when
+// the stream has held events after the last one read (next: that sequence
+// read plus one; 0: not found).
+type suspicion struct {
+	next  uint64
+	since time.Time
+}
+
+// check records what a check at now found, given the last sequence read
+// and the stream's first and last sequences, and reports whether the input
+// is stalled: the stream has held events after read for timeout, at every
+// check since the first that found them. One check is never enough: an
+// event stored just before it may not have been delivered yet.
+func (s *suspicion) check(read, streamFirst, streamLast uint64, now time.Time, timeout time.Duration) bool {
 	if streamLast < max(read+1, streamFirst) {
-		return false, 0 // nothing stored after read (or it was evicted)
+		*s = suspicion{} // nothing stored after read (or it was evicted)
+		return false
 	}
-	if suspect == read+1 {
-		return true, suspect
+	if s.next != read+1 {
+		*s = suspicion{next: read + 1, since: now}
+		return false
 	}
-	return false, read + 1
+	return now.Sub(s.since) >= timeout
 }

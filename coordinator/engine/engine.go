@@ -451,7 +451,15 @@ func (e *Engine) heartbeat(hb *subjects.Heartbeat, reply any, now time.Time) {
 	if resp.Error == nil {
 		for _, s := range hb.Slots {
 			if j := e.jobs[s.Job]; j != nil && s.Attempt != 0 {
-				j.jm.TaskSkipped(subjects.TaskRef{Job: s.Job, Task: s.Task, Attempt: s.Attempt}, s.Skipped)
+				ref := subjects.TaskRef{Job: s.Job, Task: s.Task, Attempt: s.Attempt}
+				j.jm.TaskSkipped(ref, s.Skipped)
+				// A status report is one message, never sent again: a
+				// deploying attempt the heartbeat reports running is
+				// running (jobmaster.Master.HeartbeatRunning).
+				if s.State == subjects.TaskRunning && j.jm.HeartbeatRunning(hb.Worker, ref, now) {
+					e.log.Info("task running as its worker's heartbeat reports; its own status report has not arrived",
+						"job", s.Job, "task", s.Task, "attempt", s.Attempt, "worker", hb.Worker)
+				}
 			}
 		}
 	}

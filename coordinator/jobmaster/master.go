@@ -306,6 +306,24 @@ func (m *Master) TaskStatus(st *subjects.TaskStatus, now time.Time) []Action {
 	return nil
 }
 
+// HeartbeatRunning handles a worker's heartbeat reporting that attempt ref
+// runs there, and reports whether it made the attempt running. The
+// attempt's own running status is a core NATS message, which a server's
+// loss or a route not yet re-established after a restart can drop; until
+// the attempt counts as running no checkpoint is triggered, and after
+// DeployTimeout it would be failed over. The heartbeat is answered, and
+// repeated every heartbeat interval: it makes up for the lost status.
+// Only the worker the attempt was deployed to counts, and only while the
+// attempt is deploying: a failed attempt stays failed.
+func (m *Master) HeartbeatRunning(worker string, ref subjects.TaskRef, now time.Time) bool {
+	t := m.taskOf(ref)
+	if t == nil || m.state.Terminal() || t.worker != worker || t.state != subjects.TaskDeploying {
+		return false
+	}
+	t.state, t.since = subjects.TaskRunning, now
+	return true
+}
+
 // DeployFailed handles an error answer (or no answer) to a Deploy.
 func (m *Master) DeployFailed(ref subjects.TaskRef, err *subjects.Error, now time.Time) []Action {
 	t := m.taskOf(ref)

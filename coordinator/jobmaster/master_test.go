@@ -24,6 +24,7 @@ import (
 //	offer w1 0:a1 1:a2                      a worker offers slots
 //	status task=0 attempt=N running|failed|canceled|corrupt|data_loss|storage
 //	deploy-failed task=0 attempt=N code=slot_mismatch|corrupt_state|operator_mismatch
+//	heartbeat w1 task=0 attempt=N           w1's heartbeat reports the attempt running
 //	lost w1 a1 a2                           the resource manager lost a worker
 //	tick 1s
 //	completed 7                             checkpoint 7 completed
@@ -113,6 +114,9 @@ func TestScenarios(t *testing.T) {
 					}
 				}
 				return format(m.TaskStatus(st, now))
+			case "heartbeat":
+				ok := m.HeartbeatRunning(d.CmdArgs[0].Key, subjects.TaskRef{Job: "clicks", Task: num("task"), Attempt: tracetest.ParseAttempt(arg("attempt"))}, now)
+				return fmt.Sprintf("made running %v\n", ok)
 			case "deploy-failed":
 				code := subjects.CodeTimeout
 				switch arg("code") {

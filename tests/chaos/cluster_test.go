@@ -112,8 +112,12 @@ func startCluster(t *testing.T, r *rand.Rand, clustered bool) *cluster {
 	c := &cluster{t: t, r: r, logDir: logDir}
 	// Registered first, so it runs last: after every process is killed.
 	t.Cleanup(func() {
-		if !t.Failed() {
+		if !t.Failed() && c.takeoverRestarts == 0 {
 			os.RemoveAll(logDir)
+			return
+		}
+		if !t.Failed() {
+			t.Logf("takeovers restarted tasks: the full logs of every process are kept in %s", logDir)
 			return
 		}
 		for _, p := range c.procs() {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -273,9 +274,48 @@ func (f *fleet) waitCheckpointAfter(c *completions, id uint64, what string) uint
 		select {
 		case <-c.ch:
 		case <-deadline:
+			f.t.Logf("%s: %s", what, f.diagnose("clicks"))
 			f.t.Fatalf("%s: no checkpoint above %d completed within %s", what, id, recoveryBound)
 		}
 	}
+}
+
+// diagnose says, best effort, why no checkpoint completes: how the
+// coordinator sees the job's tasks (checkpoints are triggered only while
+// all run) and how the last checkpoint attempts ended (which tasks acked,
+// and why they failed), for the failure message, since the fleet log's
+// tail holds no debug lines.
+func (f *fleet) diagnose(job string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var b strings.Builder
+	if info, err := f.api.Status(ctx, job); err != nil {
+		fmt.Fprintf(&b, "job status: %v", err)
+	} else {
+		fmt.Fprintf(&b, "job %s, latest checkpoint %d, restarts %d; tasks:", info.State, info.LatestCheckpoint, info.Restarts)
+		for _, t := range info.Tasks {
+			fmt.Fprintf(&b, " %d/%d on %s %s;", t.Task, t.Attempt, t.Worker, t.State)
+		}
+	}
+	h, err := f.api.History(ctx, job, 5)
+	if err != nil {
+		fmt.Fprintf(&b, " checkpoint history: %v", err)
+		return b.String()
+	}
+	for _, a := range h.Attempts {
+		var acked []int
+		for _, t := range a.Tasks {
+			if t.Acked {
+				acked = append(acked, t.Task)
+			}
+		}
+		fmt.Fprintf(&b, "\n  checkpoint %d %s, triggered %s, %s, acked by tasks %v", a.ID, a.Outcome,
+			a.Triggered.Format("15:04:05.000"), a.Duration.D().Round(time.Millisecond), acked)
+		if a.Failure != nil {
+			fmt.Fprintf(&b, ": %s", a.Failure.Message)
+		}
+	}
+	return b.String()
 }
 
 // attempts returns each task's attempt number.
