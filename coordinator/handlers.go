@@ -292,21 +292,18 @@ func (c *leader) submit(spec subjects.JobSpec, from string, allowOperatorChange 
 	})
 	info := *answer
 	info.Warnings = warnings
-	if repeat && info.Error == nil {
-		// The run started by the first of these requests: its record was
-		// written (or is being retried), and forgetting the job's earlier
-		// records was done then; jc may by now hold the run's own.
-		if err := c.persist.flush(ctx, spec.Name); err != nil {
-			info.Warnings = append(info.Warnings, fmt.Sprintf("the job's record is not yet written to the metadata store (%v); it is retried", err))
-		}
-	} else if info.Error == nil {
-		// The run's record is durable before the user hears of the run.
-		if err := c.persist.flush(ctx, spec.Name); err != nil {
-			info.Warnings = append(info.Warnings, fmt.Sprintf("the job's record is not yet written to the metadata store (%v); it is retried", err))
-		}
+	if info.Error != nil {
+		return info, nil
+	}
+	// The run's record is durable before the user hears of the run.
+	if err := c.persist.flush(ctx, spec.Name); err != nil {
+		info.Warnings = append(info.Warnings, fmt.Sprintf("the job's record is not yet written to the metadata store (%v); it is retried", err))
+	}
+	if !repeat {
 		// Records of the job's earlier runs are never restored by this run:
 		// forget them (their files are reclaimed by the orphan sweep), but
-		// keep the one this run restores from.
+		// keep the one this run restores from. A submission sent again did
+		// that the first time (and jc may by now hold the run's own).
 		for _, old := range jc.Checkpoints {
 			if old.Location != fromKey {
 				_ = c.store.Remove(ctx, c.epoch, old)
