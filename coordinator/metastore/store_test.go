@@ -32,11 +32,22 @@ func TestMem(t *testing.T) {
 
 func openJetStream(t *testing.T, o metastore.Options) metastore.Store {
 	t.Helper()
-	srv := testutil.RunNATS(t)
-	js, err := jetstream.New(testutil.Connect(t, srv))
+	return openOn(t, runJetStream(t), o)
+}
+
+// runJetStream starts an in-process server with JetStream.
+func runJetStream(t *testing.T) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(testutil.Connect(t, testutil.RunNATS(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// openOn opens a store on js.
+func openOn(t *testing.T, js jetstream.JetStream, o metastore.Options) metastore.Store {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := metastore.New(ctx, js, subjects.Namespace{}, replicas.Policy{}, o)
@@ -51,20 +62,8 @@ func openJetStream(t *testing.T, o metastore.Options) metastore.Store {
 // was: a coordinator must never act by a longer TTL than the servers keep
 // its lease, nor cut short the lease of one that acts by the bucket's.
 func TestLeaseTTLFixedAtCreation(t *testing.T) {
-	srv := testutil.RunNATS(t)
-	js, err := jetstream.New(testutil.Connect(t, srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	open := func(ttl time.Duration) metastore.Store {
-		s, err := metastore.New(ctx, js, subjects.Namespace{}, replicas.Policy{}, metastore.Options{LeaseTTL: ttl})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	js := runJetStream(t)
+	open := func(ttl time.Duration) metastore.Store { return openOn(t, js, metastore.Options{LeaseTTL: ttl}) }
 	if got := open(3 * time.Second).LeaseTTL(); got != 3*time.Second {
 		t.Fatalf("a new bucket: lease TTL %v, want 3s", got)
 	}
@@ -73,7 +72,7 @@ func TestLeaseTTLFixedAtCreation(t *testing.T) {
 			t.Errorf("opened with %v on a 3s bucket: lease TTL %v, want the bucket's 3s", ttl, got)
 		}
 	}
-	s, err := js.Stream(ctx, "KV_"+metastore.BucketName(subjects.Namespace{}, "LEADER"))
+	s, err := js.Stream(context.Background(), "KV_"+metastore.BucketName(subjects.Namespace{}, "LEADER"))
 	if err != nil {
 		t.Fatal(err)
 	}
