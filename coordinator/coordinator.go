@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -321,8 +322,12 @@ func (c *leader) feed(ev engine.Event) {
 
 // carryOut carries out the engine's effects in order. None blocks the
 // loop: requests, writes and deletions run on their own goroutines and
-// feed their outcomes back as events.
+// feed their outcomes back as events. An answer to a user that follows job
+// records in the same step is sent once they are written (or the request
+// timeout passed): a user told that a job was canceled, stopped or
+// submitted finds it so after a takeover. Answers to workers go at once.
 func (c *leader) carryOut(effects []engine.Effect) {
+	var persisted []string // jobs whose records this step put
 	for _, f := range effects {
 		switch f := f.(type) {
 		case engine.SendSlotRequest:
@@ -361,6 +366,7 @@ func (c *leader) carryOut(effects []engine.Effect) {
 			c.publish(c.ns.Events(f.Event.Kind, f.About), &f.Event)
 		case engine.PersistJob:
 			c.persist.put(f.Record)
+			persisted = append(persisted, f.Record.Spec.Name)
 		case engine.WriteMetadata:
 			go c.writeCheckpointMetadata(f.Job, f.Record)
 		case engine.Commit:
@@ -381,14 +387,19 @@ func (c *leader) carryOut(effects []engine.Effect) {
 				c.log.Error("adding the input mapping", "job", f.Spec.Name, "err", err)
 			}
 		case engine.Reply:
-			switch to := f.To.(type) {
-			case subjects.Responder:
-				subjects.Reply(to, f.Msg)
-			case chan engine.Reply: // ask's; buffered
-				to <- f
-			default:
-				panic(fmt.Sprintf("coordinator: reply to %T", f.To))
+			if len(persisted) == 0 || !userAnswer(f.Msg) {
+				reply(f) // workers' answers never wait: a late one is a lost one
+				break
 			}
+			jobs := slices.Clone(persisted)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+				defer cancel()
+				for _, job := range jobs {
+					_ = c.persist.flush(ctx, job) // a failed write is logged and retried
+				}
+				reply(f)
+			}()
 		case engine.Resubmit:
 			go c.resubmit(f)
 		case engine.SweepOrphans:
@@ -397,6 +408,27 @@ func (c *leader) carryOut(effects []engine.Effect) {
 		default:
 			panic(fmt.Sprintf("coordinator: unknown effect %T", f))
 		}
+	}
+}
+
+// userAnswer reports whether m answers a user's request about a job.
+func userAnswer(m subjects.Message) bool {
+	switch m.(type) {
+	case *subjects.JobInfo, *subjects.SavepointResult:
+		return true
+	}
+	return false
+}
+
+// reply carries out an engine.Reply.
+func reply(f engine.Reply) {
+	switch to := f.To.(type) {
+	case subjects.Responder:
+		subjects.Reply(to, f.Msg)
+	case chan engine.Reply: // ask's; buffered
+		to <- f
+	default:
+		panic(fmt.Sprintf("coordinator: reply to %T", f.To))
 	}
 }
 

@@ -11,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/flotilla-io/flotilla/coordinator/checkpoint"
+	"github.com/flotilla-io/flotilla/coordinator/client"
 	"github.com/flotilla-io/flotilla/coordinator/election"
 	"github.com/flotilla-io/flotilla/coordinator/engine"
 	"github.com/flotilla-io/flotilla/coordinator/metastore"
@@ -186,55 +189,14 @@ func (s slowLoad) Load(ctx context.Context, job string, prune bool) (metastore.J
 // worker runs task 0 of job "a", which was loaded first.
 func TestAdoptionWindowOpensWhenServing(t *testing.T) {
 	const hbTimeout = 500 * time.Millisecond
-	srv := testutil.RunNATS(t)
-	nc := testutil.Connect(t, srv)
 	ctx := context.Background()
-	clock := testutil.NewClock(time.Unix(1_000_000, 0))
-	const ttl = time.Minute
-	mem := metastore.NewMem(metastore.Options{LeaseTTL: ttl}, clock.Now)
-	if _, err := mem.Acquire(ctx, "c1", clock.Now()); err != nil {
-		t.Fatal(err)
-	}
-	spec := func(name string) subjects.JobSpec {
-		return subjects.JobSpec{Name: name, Parallelism: 1, MaxParallelism: 8,
-			Source:   subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
-			Operator: subjects.OperatorSpec{Type: "count"}}.WithDefaults()
-	}
-	for _, name := range []string{"a", "b"} {
-		if err := mem.PutJob(ctx, 1, subjects.JobRecord{Spec: spec(name), State: subjects.JobRunning, FirstID: 1}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	clock.Advance(ttl + time.Second)
+	mem, _, clock := storeWithJobs(t, "a", "b")
+	clock.Advance(time.Minute + time.Second) // term 1's lease expired
 	lease, err := mem.Acquire(ctx, "c2", clock.Now())
 	if err != nil || lease.Term < 2 {
 		t.Fatalf("c2's lease: %+v %v", lease, err)
 	}
-	co := &Coordinator{cfg: Config{Name: "c2", Conn: nc, Store: objectstore.NewMem(), RequestTimeout: time.Second,
-		TickInterval: 10 * time.Millisecond, Now: time.Now, HeartbeatInterval: 100 * time.Millisecond, HeartbeatTimeout: hbTimeout,
-		OrphanSweepInterval: time.Hour, OrphanGrace: time.Hour},
-		nc: nc, log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: newCoordMetrics(),
-		store: slowLoad{Store: mem, job: "b", delay: 3 * hbTimeout}, elect: election.New(election.Config{TTL: ttl})}
-	co.elect.Tick(time.Now())
-	if acts := co.elect.Acquired(lease, nil, time.Now(), time.Now()); len(acts) != 1 {
-		t.Fatalf("not leading: %v", acts)
-	}
-	done := make(chan struct{})
-	lctx, stop := context.WithCancel(ctx)
-	l := co.newLeader(lease.Term, done)
-	served := make(chan error, 1)
-	go func() {
-		err := l.setup(lctx)
-		if err == nil {
-			err = l.serve(lctx, func() {})
-		}
-		served <- err
-	}()
-	t.Cleanup(func() {
-		stop()
-		<-served
-		close(done)
-	})
+	nc, co := serveLeader(t, slowLoad{Store: mem, job: "b", delay: 3 * hbTimeout}, lease, hbTimeout)
 
 	// The worker of term 1: it heartbeats until the new term answers, then
 	// registers with what it runs, well within the window once the term
@@ -295,5 +257,100 @@ func TestPersisterLandsLatestRecord(t *testing.T) {
 	}
 	if len(recs) != 1 || recs[0].FirstID != 50 {
 		t.Fatalf("stored %+v, want the 50th record", recs)
+	}
+}
+
+// storeWithJobs returns an in-memory metadata store (lease TTL a minute,
+// on a clock the test moves) whose lease "c1" holds in term 1, with a
+// running one-task count job of each name.
+func storeWithJobs(t *testing.T, names ...string) (metastore.Store, metastore.Lease, *testutil.Clock) {
+	t.Helper()
+	ctx := context.Background()
+	clock := testutil.NewClock(time.Unix(1_000_000, 0))
+	mem := metastore.NewMem(metastore.Options{LeaseTTL: time.Minute}, clock.Now)
+	lease, err := mem.Acquire(ctx, "c1", clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		spec := subjects.JobSpec{Name: name, Parallelism: 1, MaxParallelism: 8,
+			Source:   subjects.SourceSpec{Stream: "CLICKS", Subjects: []string{"clicks.*"}, Key: subjects.KeySpec{SubjectToken: 2}},
+			Operator: subjects.OperatorSpec{Type: "count"}}.WithDefaults()
+		if err := mem.PutJob(ctx, lease.Term, subjects.JobRecord{Spec: spec, State: subjects.JobRunning, FirstID: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return mem, lease, clock
+}
+
+// serveLeader runs, on an in-process NATS server, the leader of the term
+// of lease (held in store) until the test ends, with heartbeats every
+// hbTimeout/5.
+func serveLeader(t *testing.T, store metastore.Store, lease metastore.Lease, hbTimeout time.Duration) (*nats.Conn, *Coordinator) {
+	t.Helper()
+	nc := testutil.Connect(t, testutil.RunNATS(t))
+	ttl := store.LeaseTTL()
+	co := &Coordinator{cfg: Config{Name: lease.Holder, Conn: nc, Store: objectstore.NewMem(), RequestTimeout: time.Second,
+		TickInterval: 10 * time.Millisecond, Now: time.Now, HeartbeatInterval: hbTimeout / 5, HeartbeatTimeout: hbTimeout,
+		OrphanSweepInterval: time.Hour, OrphanGrace: time.Hour},
+		nc: nc, log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: newCoordMetrics(),
+		store: store, elect: election.New(election.Config{TTL: ttl})}
+	co.elect.Tick(time.Now())
+	if acts := co.elect.Acquired(lease, nil, time.Now(), time.Now()); len(acts) != 1 {
+		t.Fatalf("not leading: %v", acts)
+	}
+	done := make(chan struct{})
+	ctx, stop := context.WithCancel(context.Background())
+	l := co.newLeader(lease.Term, done)
+	served := make(chan error, 1)
+	go func() {
+		err := l.setup(ctx)
+		if err == nil {
+			err = l.serve(ctx, func() {})
+		}
+		served <- err
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-served
+		close(done)
+	})
+	return nc, co
+}
+
+// slowPuts is a metadata store whose job record writes take delay.
+type slowPuts struct {
+	metastore.Store
+	delay time.Duration
+}
+
+func (s slowPuts) PutJob(ctx context.Context, term uint64, r subjects.JobRecord) error {
+	time.Sleep(s.delay)
+	return s.Store.PutJob(ctx, term, r)
+}
+
+// TestCancelAnsweredOnceRecorded: job records are written off the loop,
+// but a user told that a job was canceled finds it canceled in the
+// metadata store, which a new leader resumes from.
+func TestCancelAnsweredOnceRecorded(t *testing.T) {
+	mem, lease, _ := storeWithJobs(t, "a")
+	nc, _ := serveLeader(t, slowPuts{Store: mem, delay: 300 * time.Millisecond}, lease, 500*time.Millisecond)
+	api := client.New(nc, subjects.Namespace{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		_, err := api.Status(ctx, "a")
+		return err
+	})
+	info, err := api.Cancel(ctx, "a")
+	if err != nil || info.State != subjects.JobCanceled {
+		t.Fatalf("cancel: %+v %v", info, err)
+	}
+	recs, err := mem.Jobs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].State != subjects.JobCanceled {
+		t.Fatalf("answered canceled, but the store holds %+v", recs)
 	}
 }
