@@ -151,6 +151,7 @@ func (c *leader) setup(ctx context.Context) error {
 	}
 	for _, r := range recs {
 		if r.State.Terminal() {
+			c.resumes = append(c.resumes, engine.Resume{Record: r}) // known as ended
 			continue
 		}
 		if err := c.store.Claim(ctx, r.Spec.Name, c.epoch); err != nil {

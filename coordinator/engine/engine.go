@@ -58,6 +58,10 @@ type Engine struct {
 	rm   *resource.Manager
 	jobs map[string]*job
 
+	// ended are the jobs the term found ended in the metadata store (and
+	// did not resume), with their states.
+	ended map[string]subjects.JobState
+
 	requests  uint64 // savepoint request ids
 	attempts  uint64 // task deployments of this epoch, shared by every job master
 	waiters   map[uint64]*waiter
@@ -134,7 +138,7 @@ func New(cfg Config) *Engine {
 	}
 	// lastSweep is left zero: a term sweeps at its first tick (what is
 	// swept is older than the grace, whoever wrote it).
-	return &Engine{cfg: cfg, log: log, jobs: map[string]*job{}, waiters: map[uint64]*waiter{},
+	return &Engine{cfg: cfg, log: log, jobs: map[string]*job{}, waiters: map[uint64]*waiter{}, ended: map[string]subjects.JobState{},
 		answers: map[requestKey]subjects.Message{}, inFlight: map[requestKey]uint64{},
 		rm: resource.New(resource.Config{Epoch: cfg.Epoch, HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatTimeout: cfg.HeartbeatTimeout})}
 }
@@ -150,6 +154,13 @@ func (e *Engine) Step(now time.Time, ev Event) []Effect {
 	case Tick:
 		e.tick(now)
 	case Resume:
+		if ev.Record.State.Terminal() {
+			// Not resumed; known, so that a stop or cancel sent again
+			// (its first answer lost with the previous leader) hears that
+			// the job ended rather than that it never existed.
+			e.ended[ev.Record.Spec.Name] = ev.Record.State
+			break
+		}
 		e.startJob(ev.Record, ev.Checkpoints, now.Add(e.rm.HeartbeatTimeout()), now)
 	case Submit:
 		e.submit(ev, now)
@@ -160,7 +171,8 @@ func (e *Engine) Step(now time.Time, ev Event) []Effect {
 		}
 		j := e.jobs[ev.Job]
 		if j == nil {
-			e.answer(key, ev.Reply, &subjects.JobInfo{Error: unknownJob(ev.Job)})
+			info, _ := e.JobInfo(ev.Job) // an ended job's state, or unknown_job
+			e.answer(key, ev.Reply, &info)
 			break
 		}
 		e.doCC(ev.Job, j.cc.Cancel("job canceled", now), now)
@@ -340,6 +352,7 @@ func (e *Engine) startJob(r subjects.JobRecord, cps RunCheckpoints, recoverUntil
 		}
 	}
 	e.jobs[r.Spec.Name] = j
+	delete(e.ended, r.Spec.Name)
 	if recoverUntil.IsZero() {
 		e.doJM(r.Spec.Name, jm.Start(now), now)
 	} else {
@@ -676,7 +689,7 @@ func (e *Engine) triggerSavepoint(t TriggerSavepoint, now time.Time) {
 	j := e.jobs[name]
 	switch {
 	case j == nil:
-		e.answer(key, t.Reply, e.savepointError(name, unknownJob(name)))
+		e.answer(key, t.Reply, e.savepointError(name, e.absent(name)))
 		return
 	case j.jm.State().Terminal():
 		e.answer(key, t.Reply, e.savepointError(name, subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", name, j.jm.State())))
@@ -788,6 +801,16 @@ func (e *Engine) sweep(now time.Time, grace time.Duration, done any) {
 // locationOf returns the full location (store location + key) of key.
 func (e *Engine) locationOf(key string) string {
 	return objectstore.JoinLocation(e.cfg.StoreLocation, key)
+}
+
+// absent is the error for a request about job name, which the engine does
+// not run: job_not_running for a job the term found ended, else
+// unknown_job.
+func (e *Engine) absent(name string) *subjects.Error {
+	if st, ok := e.ended[name]; ok {
+		return subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", name, st)
+	}
+	return unknownJob(name)
 }
 
 func unknownJob(name string) *subjects.Error {

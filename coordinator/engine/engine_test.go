@@ -282,6 +282,9 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			// The new term resumes the job from the store: its record and
 			// the checkpoints committed so far.
 			rec := subjects.JobRecord{Spec: h.spec, State: subjects.JobRunning, FirstID: 1, RequestID: h.persisted.RequestID}
+			if h.persisted.Spec.Name != "" {
+				rec.State = h.persisted.State
+			}
 			cps := RunCheckpoints{Latest: h.latestID}
 			if h.latestID > 0 {
 				cps.Restore = RestorePoints(h.record(h.latestID))

@@ -16,7 +16,9 @@ type Event interface{ isEvent() }
 type Tick struct{}
 
 // Resume starts a job a new term found in the metadata store: it first
-// adopts the tasks workers still run, for one heartbeat timeout.
+// adopts the tasks workers still run, for one heartbeat timeout. A record
+// of a job that ended is not resumed: the engine answers requests about
+// the job with its state (job_not_running) instead of unknown_job.
 type Resume struct {
 	Record      subjects.JobRecord
 	Checkpoints RunCheckpoints

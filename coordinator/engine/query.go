@@ -12,10 +12,14 @@ import (
 // they change nothing, and run on the goroutine that steps the engine.
 
 // JobInfo returns the status of job name: the job master's view with the
-// figures of its current attempts added.
+// figures of its current attempts added (only the state, for a job the
+// term found ended).
 func (e *Engine) JobInfo(name string) (subjects.JobInfo, bool) {
 	j := e.jobs[name]
 	if j == nil {
+		if st, ok := e.ended[name]; ok {
+			return subjects.JobInfo{Job: name, State: st}, true
+		}
 		return subjects.JobInfo{Error: unknownJob(name)}, false
 	}
 	return e.jobInfo(j), true
@@ -82,7 +86,7 @@ func (e *Engine) Refusal(name, requestID string) *subjects.Error {
 	}
 	switch j := e.jobs[name]; {
 	case j == nil:
-		return unknownJob(name)
+		return e.absent(name)
 	case j.jm.State().Terminal():
 		return subjects.Errorf(subjects.CodeJobNotRunning, "job %q is %s", name, j.jm.State())
 	}
