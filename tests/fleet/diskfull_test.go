@@ -5,11 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/statebackend"
@@ -36,20 +33,7 @@ func TestDiskFullFailsOver(t *testing.T) {
 	startOn("w-full", filepath.Join(full, "data"))
 	f.waitWorkers(1)
 
-	var mu sync.Mutex
-	var failed []subjects.Event
-	sub, err := f.nc.Subscribe(subjects.Namespace{}.EventsAll(), func(m *nats.Msg) {
-		var ev subjects.Event
-		if subjects.Decode(m.Data, &ev) == nil && ev.Kind == subjects.EventTaskFailed {
-			mu.Lock()
-			failed = append(failed, ev)
-			mu.Unlock()
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	failed := f.watchEvents(func(ev subjects.Event) bool { return ev.Kind == subjects.EventTaskFailed })
 
 	ctx := context.Background()
 	if _, err := f.api.Submit(ctx, withCheckpoints(countSpec("clicks", 1), 200*time.Millisecond, 2), 0, ""); err != nil {
@@ -76,9 +60,7 @@ func TestDiskFullFailsOver(t *testing.T) {
 
 	var ev subjects.Event
 	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, e := range failed {
+		for _, e := range failed.list() {
 			if e.Worker == "w-full" {
 				ev = e
 				return nil
@@ -116,11 +98,9 @@ func TestDiskFullFailsOver(t *testing.T) {
 	if w := info.Tasks[0].Worker; w != "w-roomy" || info.State != subjects.JobRunning {
 		t.Fatalf("job %s with its task on %q, want running on w-roomy", info.State, w)
 	}
-	mu.Lock()
-	for _, e := range failed {
+	for _, e := range failed.list() {
 		if e.Worker != "w-full" || e.Error == nil || e.Error.Code != subjects.CodeStorage {
 			t.Errorf("another task failure: %+v", e)
 		}
 	}
-	mu.Unlock()
 }

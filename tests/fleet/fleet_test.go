@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -252,4 +254,41 @@ func TestLostWorkerTasksMove(t *testing.T) {
 		return nil
 	})
 	f.checkState("clicks", truth, 30*time.Second)
+}
+
+// eventLog holds the events published since watchEvents that its filter
+// kept.
+type eventLog struct {
+	mu     sync.Mutex
+	events []subjects.Event
+}
+
+// watchEvents collects, until the test ends, the events published from
+// now on that keep accepts.
+func (f *fleet) watchEvents(keep func(subjects.Event) bool) *eventLog {
+	f.t.Helper()
+	l := &eventLog{}
+	sub, err := f.nc.Subscribe(subjects.Namespace{}.EventsAll(), func(m *nats.Msg) {
+		var ev subjects.Event
+		if subjects.Decode(m.Data, &ev) == nil && keep(ev) {
+			l.mu.Lock()
+			l.events = append(l.events, ev)
+			l.mu.Unlock()
+		}
+	})
+	if err == nil {
+		err = f.nc.Flush() // the server knows of the subscription before anything is published
+	}
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return l
+}
+
+// list returns the events collected so far.
+func (l *eventLog) list() []subjects.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.events)
 }

@@ -4,11 +4,8 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/subjects"
@@ -27,20 +24,7 @@ func TestEvictedEventsAtRestore(t *testing.T) {
 			f.startCoordinator()
 			stopW1, _ := f.startWorker("w1", 1)
 			f.waitWorkers(1)
-			var mu sync.Mutex
-			var events []subjects.Event
-			sub, err := f.nc.Subscribe(subjects.Namespace{}.EventsAll(), func(m *nats.Msg) {
-				var ev subjects.Event
-				if subjects.Decode(m.Data, &ev) == nil && ev.Job == "clicks" {
-					mu.Lock()
-					events = append(events, ev)
-					mu.Unlock()
-				}
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sub.Unsubscribe()
+			events := f.watchEvents(func(ev subjects.Event) bool { return ev.Job == "clicks" })
 
 			ctx := context.Background()
 			spec := withCheckpoints(countSpec("clicks", 1), 100*time.Millisecond, 1)
@@ -63,10 +47,8 @@ func TestEvictedEventsAtRestore(t *testing.T) {
 			f.startWorker("w2", 1)
 
 			find := func(kind subjects.EventKind, code subjects.Code) []subjects.Event {
-				mu.Lock()
-				defer mu.Unlock()
 				var out []subjects.Event
-				for _, ev := range events {
+				for _, ev := range events.list() {
 					if ev.Kind == kind && ev.Error != nil && ev.Error.Code == code {
 						out = append(out, ev)
 					}

@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/subjects"
@@ -136,20 +133,7 @@ func TestRestoreChecksStateVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var mu sync.Mutex
-	var events []subjects.Event
-	sub, err := f.nc.Subscribe(subjects.Namespace{}.EventsAll(), func(m *nats.Msg) {
-		var ev subjects.Event
-		if subjects.Decode(m.Data, &ev) == nil && ev.Error != nil {
-			mu.Lock()
-			events = append(events, ev)
-			mu.Unlock()
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	events := f.watchEvents(func(ev subjects.Event) bool { return ev.Error != nil })
 
 	stateVersion.Store(2) // a new build of the operator
 	spec.Name = "v2"
@@ -166,17 +150,18 @@ func TestRestoreChecksStateVersion(t *testing.T) {
 		}
 		return nil
 	})
-	mu.Lock()
+	// The event may be handed to the subscription a moment after status
+	// says failed.
 	var found *subjects.Error
-	for _, ev := range events {
-		if ev.Job == "v2" && ev.Error.Code == subjects.CodeOperatorMismatch {
-			found = ev.Error
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		for _, ev := range events.list() {
+			if ev.Job == "v2" && ev.Error.Code == subjects.CodeOperatorMismatch {
+				found = ev.Error
+				return nil
+			}
 		}
-	}
-	mu.Unlock()
-	if found == nil {
-		t.Fatalf("no event of job v2 carries %s: %+v", subjects.CodeOperatorMismatch, events)
-	}
+		return fmt.Errorf("no event of job v2 carries %s: %+v", subjects.CodeOperatorMismatch, events.list())
+	})
 	for _, want := range []string{`"vcount" in state version 1`, "state version 2", "allow-operator-change"} {
 		if !strings.Contains(found.Message, want) {
 			t.Errorf("operator_mismatch %q does not say %q", found.Message, want)
