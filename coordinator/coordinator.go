@@ -144,10 +144,16 @@ func (co *Coordinator) newLeader(term uint64, done <-chan struct{}) *leader {
 // resumes from: the claim comes first, so that no commit of an earlier term
 // can complete once the job's checkpoints are loaded (and leftovers above
 // the latest pointer are pruned). serve resumes the jobs.
+//
+// It gives up after termSetupTimeout: a term that holds the lease without
+// serving leaves the fleet without a coordinator, so one that cannot load
+// its jobs ends, and gives the lease up, rather than retry forever.
 func (c *leader) setup(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, termSetupTimeout)
+	defer cancel()
 	recs, err := c.store.Jobs(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("listing jobs: %w", err)
 	}
 	for _, r := range recs {
 		if r.State.Terminal() {
@@ -159,12 +165,15 @@ func (c *leader) setup(ctx context.Context) error {
 		}
 		cps, err := c.loadCheckpoints(ctx, r)
 		if err != nil {
-			return err
+			return fmt.Errorf("loading the checkpoints of job %s: %w", r.Spec.Name, err)
 		}
 		c.resumes = append(c.resumes, engine.Resume{Record: r, Checkpoints: cps})
 	}
 	return nil
 }
+
+// termSetupTimeout bounds a new term's setup (see leader.setup).
+const termSetupTimeout = time.Minute
 
 // serve subscribes and runs the loop until ctx ends or the lease is no
 // longer held.

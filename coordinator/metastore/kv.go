@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,11 +27,11 @@ func New(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p r
 		if _, _, err := replicas.EnsureKV(ctx, js, cfg, p); err != nil {
 			return nil, fmt.Errorf("metastore: %s bucket: %w", what, err)
 		}
-		kv, err := leaderReads(ctx, js, cfg.Bucket)
-		if err != nil {
+		b := &kvBucket{js: js, name: cfg.Bucket, stream: "KV_" + cfg.Bucket, prefix: "$KV." + cfg.Bucket + "."}
+		if err := b.bind(ctx); err != nil {
 			return nil, fmt.Errorf("metastore: %s bucket: %w", what, err)
 		}
-		return kvBucket{kv: kv, js: js, stream: "KV_" + cfg.Bucket, prefix: "$KV." + cfg.Bucket + "."}, nil
+		return b, nil
 	}
 	coord, err := open(CoordinatorBucket(ns), "coordinator")
 	if err != nil {
@@ -65,7 +66,6 @@ func New(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p r
 	return &store{opts: o, coord: coord, leader: leader, jobs: jobs, ckpts: ckpts, transient: Transient}, nil
 }
 
-// kvBucket is a bucket on a JetStream KV bucket.
 // kvBucket is a bucket whose reads are answered by its stream's leader.
 // A KV bucket lets any replica answer a read ("direct get"), and its key
 // listing is a consumer that may run on any replica: one behind its leader
@@ -74,32 +74,56 @@ func New(ctx context.Context, js jetstream.JetStream, ns subjects.Namespace, p r
 // the jobs bucket missed a job, and the job was forgotten. Metadata that
 // says what is committed is read from the leader.
 type kvBucket struct {
-	kv     jetstream.KeyValue
+	kv     atomic.Pointer[jetstream.KeyValue] // see bind
 	js     jetstream.JetStream
+	name   string
 	stream string // KV_<bucket>
 	prefix string // $KV.<bucket>.
 }
 
-// leaderReads turns off direct gets on the bucket's stream (any replica
-// may answer those) and opens the bucket anew, so that its gets go to the
-// stream leader. Creating or updating a bucket turns direct gets on again:
-// every open turns them off.
-func leaderReads(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
-	s, err := js.Stream(ctx, "KV_"+bucket)
+// bind turns direct gets off on the bucket's stream (any replica may
+// answer those) and opens the bucket anew, so that its gets go to the
+// stream leader.
+//
+// A handle sends its gets where the stream's configuration said when it
+// was opened, and another process may change that afterwards: creating or
+// updating a bucket (nats.go does so on every create-or-update) turns
+// direct gets on again, and the next open turns them off. A handle opened
+// in between sends its gets to a direct-get subject nobody answers once
+// they are off; Get then binds again (see Get). Coordinators that start
+// together, once the NATS they waited for comes up, do exactly this.
+func (b *kvBucket) bind(ctx context.Context) error {
+	s, err := b.js.Stream(ctx, b.stream)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if cfg := s.CachedInfo().Config; cfg.AllowDirect {
 		cfg.AllowDirect = false
-		if _, err := js.UpdateStream(ctx, cfg); err != nil {
-			return nil, fmt.Errorf("turning direct gets off: %w", err)
+		if _, err := b.js.UpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("turning direct gets off: %w", err)
 		}
 	}
-	return js.KeyValue(ctx, bucket)
+	kv, err := b.js.KeyValue(ctx, b.name)
+	if err != nil {
+		return err
+	}
+	b.kv.Store(&kv)
+	return nil
 }
 
-func (b kvBucket) Get(ctx context.Context, key string) (entry, error) {
-	e, err := b.kv.Get(ctx, key)
+func (b *kvBucket) handle() jetstream.KeyValue { return *b.kv.Load() }
+
+// Get reads key from the stream leader. Nobody answering a read while
+// JetStream answers means that the handle sends direct gets the stream no
+// longer serves (see bind): it binds again and reads once more.
+func (b *kvBucket) Get(ctx context.Context, key string) (entry, error) {
+	e, err := b.handle().Get(ctx, key)
+	if errors.Is(err, nats.ErrNoResponders) {
+		if berr := b.bind(ctx); berr != nil {
+			return entry{}, fmt.Errorf("%w (binding the bucket again: %v)", err, berr)
+		}
+		e, err = b.handle().Get(ctx, key)
+	}
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return entry{}, errNotFound
 	} else if err != nil {
@@ -108,28 +132,28 @@ func (b kvBucket) Get(ctx context.Context, key string) (entry, error) {
 	return entry{val: e.Value(), rev: e.Revision()}, nil
 }
 
-func (b kvBucket) Create(ctx context.Context, key string, val []byte) (uint64, error) {
-	rev, err := b.kv.Create(ctx, key, val)
+func (b *kvBucket) Create(ctx context.Context, key string, val []byte) (uint64, error) {
+	rev, err := b.handle().Create(ctx, key, val)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return 0, errExists
 	}
 	return rev, err
 }
 
-func (b kvBucket) Update(ctx context.Context, key string, val []byte, rev uint64) (uint64, error) {
-	rev, err := b.kv.Update(ctx, key, val, rev)
+func (b *kvBucket) Update(ctx context.Context, key string, val []byte, rev uint64) (uint64, error) {
+	rev, err := b.handle().Update(ctx, key, val, rev)
 	if isWrongLastSequence(err) || errors.Is(err, jetstream.ErrKeyExists) {
 		return 0, errWrongRevision
 	}
 	return rev, err
 }
 
-func (b kvBucket) Delete(ctx context.Context, key string, rev uint64) error {
+func (b *kvBucket) Delete(ctx context.Context, key string, rev uint64) error {
 	var opts []jetstream.KVDeleteOpt
 	if rev > 0 {
 		opts = append(opts, jetstream.LastRevision(rev))
 	}
-	err := b.kv.Delete(ctx, key, opts...)
+	err := b.handle().Delete(ctx, key, opts...)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		return nil
@@ -142,7 +166,7 @@ func (b kvBucket) Delete(ctx context.Context, key string, rev uint64) error {
 // Keys lists the bucket's keys (matching filters, if any) from the stream
 // leader's count of messages per subject. Keys whose last operation is a
 // delete or purge are listed too: a Get of them finds nothing.
-func (b kvBucket) Keys(ctx context.Context, filters ...string) ([]string, error) {
+func (b *kvBucket) Keys(ctx context.Context, filters ...string) ([]string, error) {
 	s, err := b.js.Stream(ctx, b.stream)
 	if err != nil {
 		return nil, err

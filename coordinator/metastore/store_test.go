@@ -2,6 +2,9 @@ package metastore_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,5 +81,52 @@ func TestLeaseTTLFixedAtCreation(t *testing.T) {
 	}
 	if got := s.CachedInfo().Config.MaxAge; got != 3*time.Second {
 		t.Errorf("the bucket's TTL is now %v, want 3s", got)
+	}
+}
+
+// TestOpenedTogether: coordinators that start together (all waited for
+// NATS, which just came up) open the same buckets at once. Each open turns
+// direct gets off and binds its reads to whatever the stream says then; an
+// open that ran between another's create-or-update (which turned direct
+// gets on) and that one's turning them off again bound its reads to a
+// direct-get subject nobody answers. Its leader then waited forever to
+// claim its jobs. Every store must read, whatever the interleaving.
+func TestOpenedTogether(t *testing.T) {
+	js := runJetStream(t)
+	for round := range 15 {
+		ns, err := subjects.NewNamespace(fmt.Sprintf("r%d", round))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores := make([]metastore.Store, 3)
+		var wg sync.WaitGroup
+		for i := range stores {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				s, err := metastore.New(ctx, js, ns, replicas.Policy{}, metastore.Options{LeaseTTL: 5 * time.Second})
+				if err != nil {
+					t.Error(err)
+				}
+				stores[i] = s
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		for i, s := range stores {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if _, err := s.ReadLease(ctx); !errors.Is(err, metastore.ErrNoLease) {
+				t.Errorf("round %d, store %d: reading the lease: %v", round, i, err)
+			}
+			if _, _, err := s.Load(ctx, "job", false); err != nil {
+				t.Errorf("round %d, store %d: loading a job: %v", round, i, err)
+			}
+			if _, err := s.Jobs(ctx); err != nil {
+				t.Errorf("round %d, store %d: listing jobs: %v", round, i, err)
+			}
+			cancel()
+		}
 	}
 }

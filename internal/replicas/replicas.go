@@ -153,6 +153,10 @@ func EnsureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValu
 	cfg.Replicas = p.replicas()
 	cfg.Placement = p.Placement
 	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+	if change == Create && (errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) || errors.Is(err, jetstream.ErrBucketExists)) {
+		// Another process created it since: update it instead.
+		kv, err = js.CreateOrUpdateKeyValue(ctx, cfg)
+	}
 	if err != nil {
 		if change == Raise {
 			return nil, change, fmt.Errorf("%w: bucket %q: raising to %d replicas failed: %v", ErrReplicas, cfg.Bucket, cfg.Replicas, err)
@@ -161,7 +165,9 @@ func EnsureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValu
 	}
 	// A replicated bucket answers reads once its replicas run, a moment
 	// after it was created: wait for that, so that the caller's first read
-	// does not fail with "no responders".
+	// does not fail with "no responders". Nobody answers either when
+	// another process turned direct gets off since kv was opened (the
+	// metadata store does, for its buckets): the bucket is opened again.
 	for {
 		_, err := kv.Get(ctx, "flotilla-ready")
 		if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -174,6 +180,9 @@ func EnsureKV(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValu
 		case <-ctx.Done():
 			return nil, change, fmt.Errorf("bucket %q: not readable: %w", cfg.Bucket, err)
 		case <-time.After(50 * time.Millisecond):
+		}
+		if again, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
+			kv = again
 		}
 	}
 }
