@@ -273,8 +273,12 @@ func newCluster(t *testing.T, composeFiles ...string) *cluster {
 	)
 	t.Cleanup(func() {
 		if t.Failed() {
-			out, _ := c.composeErr(context.Background(), "logs", "--no-color", "--tail=150")
-			t.Logf("compose logs (tail):\n%s", out)
+			// The coordinators' lines come last: when a report keeps only
+			// the start and the end of the output, they are what stays.
+			out, _ := c.composeErr(context.Background(), "logs", "--no-color", "--tail=40", "nats", "minio", "worker")
+			t.Logf("compose logs of the servers and workers (tail):\n%s", out)
+			out, _ = c.composeErr(context.Background(), "logs", "--no-color", "--tail=120", "coordinator", "coordinator-2")
+			t.Logf("compose logs of the coordinators (tail):\n%s", out)
 			// Every line of every service, and the job's status, are kept
 			// as an artifact (go test -artifacts).
 			all, _ := c.composeErr(context.Background(), "logs", "--no-color", "--timestamps")
