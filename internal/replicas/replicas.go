@@ -236,10 +236,16 @@ func Resolve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, asked i
 	}
 	deadline := time.Now().Add(ProbeFor)
 	for {
-		_, _, err := EnsureKV(ctx, js, probe, Policy{Replicas: AutoReplicas, Placement: placement})
+		actx, cancel := context.WithTimeout(ctx, probeAttemptTimeout)
+		_, _, err := EnsureKV(actx, js, probe, Policy{Replicas: AutoReplicas, Placement: placement})
+		unanswered := actx.Err() != nil && ctx.Err() == nil
+		cancel()
 		switch {
 		case err == nil:
 			return AutoReplicas, nil
+		case unanswered:
+			// A request the cluster never answered (its meta leader
+			// changed, or it is still forming): ask again.
 		case !errors.Is(err, ErrReplicas):
 			return 0, err
 		case time.Now().After(deadline):
@@ -256,3 +262,8 @@ func Resolve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, asked i
 // ProbeFor is how long Resolve keeps asking a cluster to place
 // AutoReplicas before it settles for 1.
 const ProbeFor = 8 * time.Second
+
+// probeAttemptTimeout bounds one attempt of Resolve's: a JetStream API
+// request gets no answer at all when the meta leader changes under it, and
+// would otherwise wait for the caller's whole deadline.
+const probeAttemptTimeout = 5 * time.Second
