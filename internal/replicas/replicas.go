@@ -238,7 +238,7 @@ func Resolve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, asked i
 	for {
 		actx, cancel := context.WithTimeout(ctx, probeAttemptTimeout)
 		_, _, err := EnsureKV(actx, js, probe, Policy{Replicas: AutoReplicas, Placement: placement})
-		unanswered := actx.Err() != nil && ctx.Err() == nil
+		unanswered := err != nil && actx.Err() != nil && ctx.Err() == nil
 		cancel()
 		switch {
 		case err == nil:

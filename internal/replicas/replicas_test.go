@@ -74,10 +74,23 @@ func TestCluster(t *testing.T) {
 	if err != nil || n != 3 {
 		t.Fatalf("Resolve = %d, %v; want 3", n, err)
 	}
-	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "OPS", Replicas: 3}); err != nil {
+	var resent bool
+	err = answered(ctx, &resent, func(ctx context.Context) error {
+		_, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "OPS", Replicas: 3})
+		if resent && errors.Is(err, jetstream.ErrBucketExists) {
+			return nil // the unanswered attempt created it
+		}
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	kv, change, err := replicas.EnsureKV(ctx, js, jetstream.KeyValueConfig{Bucket: "OPS", History: 1}, replicas.Policy{Replicas: 1})
+	var kv jetstream.KeyValue
+	var change replicas.Change
+	err = answered(ctx, nil, func(ctx context.Context) (err error) {
+		kv, change, err = replicas.EnsureKV(ctx, js, jetstream.KeyValueConfig{Bucket: "OPS", History: 1}, replicas.Policy{Replicas: 1})
+		return err
+	})
 	if err != nil || change != replicas.Keep {
 		t.Fatalf("EnsureKV = %v, %v", change, err)
 	}
@@ -86,19 +99,56 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("the operator's R3 bucket was changed: %v", err)
 	}
 
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SRC", Subjects: []string{"src.>"}, Replicas: 1}); err != nil {
+	resent = false
+	err = answered(ctx, &resent, func(ctx context.Context) error {
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SRC", Subjects: []string{"src.>"}, Replicas: 1})
+		if resent && errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	s, change, err := replicas.EnsureStream(ctx, js, jetstream.StreamConfig{Name: "SRC", Subjects: []string{"src.>"}}, replicas.Policy{Replicas: 3}, false)
-	if err != nil || change != replicas.Raise || s.CachedInfo().Config.Replicas != 3 {
+	var s jetstream.Stream
+	resent = false
+	err = answered(ctx, &resent, func(ctx context.Context) (err error) {
+		s, change, err = replicas.EnsureStream(ctx, js, jetstream.StreamConfig{Name: "SRC", Subjects: []string{"src.>"}}, replicas.Policy{Replicas: 3}, false)
+		return err
+	})
+	// An update whose answer was lost may have raised the replicas: sent
+	// again, it finds nothing to change.
+	if err != nil || (change != replicas.Raise && !(resent && change == replicas.Keep)) || s.CachedInfo().Config.Replicas != 3 {
 		t.Fatalf("EnsureStream = %v, %v", change, err)
 	}
 	// Placement passes through: a cluster name that does not exist cannot
 	// be placed, and the error says so.
-	_, _, err = replicas.EnsureStream(ctx, js, jetstream.StreamConfig{Name: "ELSEWHERE", Subjects: []string{"else.>"}},
-		replicas.Policy{Replicas: 3, Placement: &jetstream.Placement{Cluster: "nowhere"}}, false)
+	err = answered(ctx, nil, func(ctx context.Context) error {
+		_, _, err := replicas.EnsureStream(ctx, js, jetstream.StreamConfig{Name: "ELSEWHERE", Subjects: []string{"else.>"}},
+			replicas.Policy{Replicas: 3, Placement: &jetstream.Placement{Cluster: "nowhere"}}, false)
+		return err
+	})
 	if err == nil {
 		t.Fatal("a stream placed in an unknown cluster was created")
 	}
 	t.Log(err)
+}
+
+// answered runs call with 5 s per attempt, as often as an attempt gets no
+// answer, until ctx ends: a cluster that has just formed now and then
+// leaves a JetStream API request unanswered (its meta leader changed under
+// it). *resent (if not nil) says whether an attempt went unanswered.
+func answered(ctx context.Context, resent *bool, call func(ctx context.Context) error) error {
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := call(actx)
+		unanswered := err != nil && actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if !unanswered {
+			return err
+		}
+		if resent != nil {
+			*resent = true
+		}
+	}
 }
