@@ -75,7 +75,7 @@ func TestCluster(t *testing.T) {
 		t.Fatalf("Resolve = %d, %v; want 3", n, err)
 	}
 	var resent bool
-	err = answered(ctx, &resent, func(ctx context.Context) error {
+	err = answered(ctx, &resent, true, func(ctx context.Context) error {
 		_, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "OPS", Replicas: 3})
 		if resent && errors.Is(err, jetstream.ErrBucketExists) {
 			return nil // the unanswered attempt created it
@@ -87,7 +87,7 @@ func TestCluster(t *testing.T) {
 	}
 	var kv jetstream.KeyValue
 	var change replicas.Change
-	err = answered(ctx, nil, func(ctx context.Context) (err error) {
+	err = answered(ctx, nil, false, func(ctx context.Context) (err error) {
 		kv, change, err = replicas.EnsureKV(ctx, js, jetstream.KeyValueConfig{Bucket: "OPS", History: 1}, replicas.Policy{Replicas: 1})
 		return err
 	})
@@ -100,7 +100,7 @@ func TestCluster(t *testing.T) {
 	}
 
 	resent = false
-	err = answered(ctx, &resent, func(ctx context.Context) error {
+	err = answered(ctx, &resent, true, func(ctx context.Context) error {
 		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "SRC", Subjects: []string{"src.>"}, Replicas: 1})
 		if resent && errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			return nil
@@ -112,7 +112,7 @@ func TestCluster(t *testing.T) {
 	}
 	var s jetstream.Stream
 	resent = false
-	err = answered(ctx, &resent, func(ctx context.Context) (err error) {
+	err = answered(ctx, &resent, true, func(ctx context.Context) (err error) {
 		s, change, err = replicas.EnsureStream(ctx, js, jetstream.StreamConfig{Name: "SRC", Subjects: []string{"src.>"}}, replicas.Policy{Replicas: 3}, false)
 		return err
 	})
@@ -123,7 +123,7 @@ func TestCluster(t *testing.T) {
 	}
 	// Placement passes through: a cluster name that does not exist cannot
 	// be placed, and the error says so.
-	err = answered(ctx, nil, func(ctx context.Context) error {
+	err = answered(ctx, nil, false, func(ctx context.Context) error {
 		_, _, err := replicas.EnsureStream(ctx, js, jetstream.StreamConfig{Name: "ELSEWHERE", Subjects: []string{"else.>"}},
 			replicas.Policy{Replicas: 3, Placement: &jetstream.Placement{Cluster: "nowhere"}}, false)
 		return err
@@ -135,16 +135,24 @@ func TestCluster(t *testing.T) {
 }
 
 // answered runs call with 5 s per attempt, as often as an attempt gets no
-// answer, until ctx ends: a cluster that has just formed now and then
-// leaves a JetStream API request unanswered (its meta leader changed under
-// it). *resent (if not nil) says whether an attempt went unanswered.
-func answered(ctx context.Context, resent *bool, call func(ctx context.Context) error) error {
+// answer or (with peers) finds a peer offline, until ctx ends: on a cluster
+// that has just formed, on a loaded machine, a JetStream API request is now
+// and then left unanswered (its meta leader changed under it), and a peer
+// is now and then counted offline for a moment. *resent (if not nil) says
+// whether an attempt was sent again.
+func answered(ctx context.Context, resent *bool, peers bool, call func(ctx context.Context) error) error {
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := call(actx)
-		unanswered := err != nil && actx.Err() != nil && ctx.Err() == nil
+		again := err != nil && actx.Err() != nil && ctx.Err() == nil
 		cancel()
-		if !unanswered {
+		var apiErr *jetstream.APIError
+		offline := errors.Is(err, replicas.ErrReplicas) || (errors.As(err, &apiErr) && apiErr.ErrorCode == 10005)
+		if peers && offline && ctx.Err() == nil {
+			again = true // no suitable peers for placement, peer offline
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !again {
 			return err
 		}
 		if resent != nil {
