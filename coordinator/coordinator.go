@@ -270,6 +270,7 @@ func (c *leader) loadCheckpoints(ctx context.Context, r subjects.JobRecord) (eng
 	for _, sp := range jc.Savepoints {
 		if sp.ID >= r.FirstID {
 			points = append(points, sp)
+			out.Savepoints = append(out.Savepoints, sp)
 		}
 	}
 	if r.FromSavepoint != "" {

@@ -304,6 +304,10 @@ type CheckpointRecord struct {
 	// Input names the input whose stream sequences the tasks' applied marks
 	// are (InputID): a restore into another input is refused.
 	Input string `json:"input,omitempty"`
+	// RequestID is the request id of the savepoint, stop or rescale request
+	// this savepoint answers (TriggerSavepoint.RequestID): the request sent
+	// again to a later leader is answered with this savepoint.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 func (*CheckpointRecord) MsgType() Type { return TypeCheckpointRecord }

@@ -145,6 +145,9 @@ type SavepointRequest struct {
 	// "savepoints/<job>").
 	Dir  string
 	Stop bool
+	// RequestID is the client's request id, recorded in the savepoint's
+	// record (subjects.CheckpointRecord.RequestID).
+	RequestID string
 }
 
 type savepointReq struct {
@@ -370,6 +373,9 @@ func (c *Coordinator) Ack(a *subjects.Ack, now time.Time) ([]Action, string) {
 	// Every task acked: build the record and persist its metadata.
 	r := subjects.CheckpointRecord{Job: c.cfg.Job, ID: p.id, Kind: p.kind, Format: p.format, Location: p.location,
 		Parallelism: c.cfg.Parallelism, MaxParallelism: c.cfg.MaxParallelism, Triggered: p.triggered.UTC(), Completed: now.UTC(), Input: c.cfg.Input}
+	if p.sp != nil {
+		r.RequestID = p.sp.RequestID
+	}
 	for i := 0; i < c.cfg.Parallelism; i++ {
 		t := p.acks[i]
 		r.Tasks = append(r.Tasks, t)

@@ -162,6 +162,7 @@ func (e *Engine) Step(now time.Time, ev Event) []Effect {
 			break
 		}
 		e.startJob(ev.Record, ev.Checkpoints, now.Add(e.rm.HeartbeatTimeout()), now)
+		e.rememberSavepoints(ev.Record.Spec.Name, ev.Checkpoints)
 	case Submit:
 		e.submit(ev, now)
 	case CancelJob:
@@ -705,7 +706,7 @@ func (e *Engine) triggerSavepoint(t TriggerSavepoint, now time.Time) {
 		e.inFlight[key] = e.requests
 	}
 	r := t.Request
-	j.cc.TriggerSavepoint(checkpoint.SavepointRequest{ID: e.requests, Format: r.Format, Dir: t.Dir, Stop: r.Stop || t.Rescale > 0}, now)
+	j.cc.TriggerSavepoint(checkpoint.SavepointRequest{ID: e.requests, Format: r.Format, Dir: t.Dir, Stop: r.Stop || t.Rescale > 0, RequestID: key.id}, now)
 	e.log.Info("savepoint requested", "job", name, "format", r.Format.String(), "stop", r.Stop, "rescale", t.Rescale)
 }
 
@@ -751,6 +752,25 @@ func (e *Engine) savepointDone(name string, a checkpoint.SavepointDone, now time
 	}
 	if ok {
 		e.finish(a.Request, &res)
+	}
+}
+
+// rememberSavepoints remembers, as the answers of the requests they were
+// taken for, the savepoints of a resumed run and the one it was started
+// from: a savepoint, stop or rescale request whose answer was lost with
+// the previous leader, sent again, is answered as that leader would have,
+// not carried out twice. (A rescale's run starts from the savepoint its
+// request took.)
+func (e *Engine) rememberSavepoints(job string, cps RunCheckpoints) {
+	rs := cps.Savepoints
+	if cps.From != nil {
+		rs = append(slices.Clip(rs), *cps.From)
+	}
+	for _, r := range rs {
+		if r.RequestID == "" || r.Kind != subjects.KindSavepoint {
+			continue
+		}
+		e.remember(requestKey{opSavepoint, r.RequestID}, &subjects.SavepointResult{Job: job, Checkpoint: r.ID, Location: e.locationOf(r.Location)})
 	}
 }
 

@@ -64,6 +64,11 @@ type harness struct {
 	barriers  map[string][]subjects.Barrier // per job, as sent (workers remember them across terms)
 	spec      subjects.JobSpec
 	latestID  uint64             // the highest checkpoint id committed, for a resubmit
+	// savepoints are the job's savepoints committed in its current run,
+	// and from the savepoint the run started from (a rescale's), which a
+	// new term resumes with.
+	savepoints []subjects.CheckpointRecord
+	from       *subjects.CheckpointRecord
 	persisted subjects.JobRecord // the job's record as last persisted, which a new term resumes
 }
 
@@ -283,9 +288,9 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			// the checkpoints committed so far.
 			rec := subjects.JobRecord{Spec: h.spec, State: subjects.JobRunning, FirstID: 1, RequestID: h.persisted.RequestID}
 			if h.persisted.Spec.Name != "" {
-				rec.State = h.persisted.State
+				rec.State, rec.FirstID = h.persisted.State, h.persisted.FirstID
 			}
-			cps := RunCheckpoints{Latest: h.latestID}
+			cps := RunCheckpoints{Latest: h.latestID, Savepoints: h.savepoints, From: h.from}
 			if h.latestID > 0 {
 				cps.Restore = RestorePoints(h.record(h.latestID))
 				cps.Retained = []subjects.CheckpointRecord{h.record(h.latestID)}
@@ -430,6 +435,9 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			if err == nil && c.Record.Kind == subjects.KindCheckpoint {
 				h.latestID = max(h.latestID, c.Record.ID)
 			}
+			if err == nil && c.Record.Kind == subjects.KindSavepoint {
+				h.savepoints = append(h.savepoints, c.Record)
+			}
 			emit(h.step(Committed{Job: c.Job, ID: c.Record.ID, Err: err}))
 		}
 	case "savepoint", "stop", "rescale":
@@ -442,6 +450,12 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			// What the adapter does: submit from the savepoint, then answer.
 			sp := RestorePoints(subjects.CheckpointRecord{ID: r.Result.Checkpoint, Tasks: h.savepointTasks(r.Result.Checkpoint)})
 			h.spec = r.Spec
+			for _, s := range h.savepoints {
+				if s.ID == r.Result.Checkpoint {
+					h.from = &s
+				}
+			}
+			h.savepoints = nil // the new run's own are above its first id
 			emit(h.step(Submit{Spec: r.Spec, From: r.Result.Location, FromKey: r.Result.Location,
 				Checkpoints: RunCheckpoints{Latest: r.Result.Checkpoint, Restore: sp}, Reply: "adapter"}))
 			emit(h.step(Resubmitted{Request: r.Request, Result: r.Result}))

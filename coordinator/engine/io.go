@@ -318,4 +318,7 @@ type RunCheckpoints struct {
 	Retained []subjects.CheckpointRecord // this run's retained checkpoints
 	Restore  []jobmaster.RestorePoint    // this run's checkpoints and savepoints, and its initial savepoint
 	From     *subjects.CheckpointRecord  // the initial savepoint, if any
+	// Savepoints are this run's savepoints (a resumed run's): the requests
+	// they answered are answered with them if sent again.
+	Savepoints []subjects.CheckpointRecord
 }
