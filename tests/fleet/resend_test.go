@@ -3,11 +3,13 @@ package fleet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/flotilla-io/flotilla/coordinator"
+	"github.com/flotilla-io/flotilla/internal/testutil"
 	"github.com/flotilla-io/flotilla/subjects"
 )
 
@@ -101,4 +103,69 @@ func TestRequestsResentToTheNextLeader(t *testing.T) {
 	}
 	f.publish(500, 10, 8, truth)
 	f.checkState("clicks", truth, 30*time.Second)
+}
+
+// TestSavepointAnsweredByTheNextLeader: a savepoint the leader took, whose
+// answer never reached the client (here: the trigger was a bare publish),
+// is answered by the next leader when the client sends the request again
+// with the same id, from the savepoint's record, and not taken again.
+func TestSavepointAnsweredByTheNextLeader(t *testing.T) {
+	f := newFleet(t)
+	stopA, a := f.startCoordinatorWith(func(cfg *coordinator.Config) { cfg.Name = "a" })
+	termA := a.Epoch()
+	_, b := f.startStandby(func(cfg *coordinator.Config) { cfg.Name = "b" })
+	f.startWorker("w1", 2)
+	f.waitWorkers(1)
+	ctx := context.Background()
+	if _, err := f.api.Submit(ctx, countSpec("clicks", 2), 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	truth := map[string]int64{}
+	f.publish(500, 10, 7, truth)
+	f.checkState("clicks", truth, 30*time.Second)
+
+	req := subjects.TriggerSavepoint{Job: "clicks", RequestID: "savepoint-lost"}
+	body, err := subjects.Encode(&req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.nc.Publish(subjects.Namespace{}.TriggerSavepoint("clicks"), body); err != nil {
+		t.Fatal(err)
+	}
+	var taken subjects.CheckpointRecord
+	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+		sps, err := f.api.Savepoints(ctx, "clicks")
+		if err != nil || len(sps) != 1 {
+			return fmt.Errorf("savepoints %d (%v), want 1", len(sps), err)
+		}
+		taken = sps[0]
+		return nil
+	})
+	if taken.RequestID != req.RequestID {
+		t.Fatalf("the savepoint's record names request %q, want %q", taken.RequestID, req.RequestID)
+	}
+
+	stopA() // gives the lease up: b takes over at once
+	select {
+	case <-b.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("b never led")
+	}
+	if b.Epoch() <= termA {
+		t.Fatalf("b leads in term %d, a led in %d", b.Epoch(), termA)
+	}
+	res, err := f.api.TriggerSavepoint(ctx, req)
+	if err != nil || res.Checkpoint != taken.ID {
+		t.Fatalf("the request sent again to the next leader: %+v, %v; want savepoint %d", res, err, taken.ID)
+	}
+	sps, err := f.api.Savepoints(ctx, "clicks")
+	if err != nil || len(sps) != 1 {
+		t.Fatalf("savepoints %+v (%v), want only %d", sps, err, taken.ID)
+	}
+	t.Logf("savepoint %d of term %d answered again by term %d: %s", taken.ID, termA, b.Epoch(), res.Location)
+	// Another id is another savepoint.
+	res, err = f.api.TriggerSavepoint(ctx, subjects.TriggerSavepoint{Job: "clicks", RequestID: "savepoint-new"})
+	if err != nil || res.Checkpoint <= taken.ID {
+		t.Fatalf("a new savepoint request: %+v, %v", res, err)
+	}
 }
