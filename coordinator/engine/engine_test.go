@@ -63,13 +63,13 @@ type harness struct {
 	resubmits []Resubmit
 	barriers  map[string][]subjects.Barrier // per job, as sent (workers remember them across terms)
 	spec      subjects.JobSpec
-	latestID  uint64             // the highest checkpoint id committed, for a resubmit
+	latestID  uint64 // the highest checkpoint id committed, for a resubmit
 	// savepoints are the job's savepoints committed in its current run,
 	// and from the savepoint the run started from (a rescale's), which a
 	// new term resumes with.
 	savepoints []subjects.CheckpointRecord
 	from       *subjects.CheckpointRecord
-	persisted subjects.JobRecord // the job's record as last persisted, which a new term resumes
+	persisted  subjects.JobRecord // the job's record as last persisted, which a new term resumes
 }
 
 // asker is the reply token of a user named with as=NAME.
