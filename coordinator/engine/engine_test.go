@@ -64,9 +64,9 @@ type harness struct {
 	barriers  map[string][]subjects.Barrier // per job, as sent (workers remember them across terms)
 	spec      subjects.JobSpec
 	latestID  uint64 // the highest checkpoint id committed, for a resubmit
-	// savepoints are the job's savepoints committed in its current run,
-	// and from the savepoint the run started from (a rescale's), which a
-	// new term resumes with.
+	// savepoints are the savepoints committed in the job's current run,
+	// and from is the savepoint the run started from (a rescale's): a new
+	// term resumes with both.
 	savepoints []subjects.CheckpointRecord
 	from       *subjects.CheckpointRecord
 	persisted  subjects.JobRecord // the job's record as last persisted, which a new term resumes
