@@ -29,6 +29,7 @@ import (
 
 type fleet struct {
 	t     *testing.T
+	local fleettest.Local
 	srv   *server.Server
 	store objectstore.Store
 	ns    subjects.Namespace
@@ -39,18 +40,11 @@ type fleet struct {
 func logger(*testing.T) *slog.Logger { return testutil.Logger(os.Stderr, slog.LevelWarn) }
 
 func newFleet(t *testing.T) *fleet {
-	srv := testutil.RunNATS(t)
-	store, err := objectstore.NewFS(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc := testutil.Connect(t, srv)
-	return &fleet{t: t, srv: srv, store: store, api: client.New(nc, subjects.Namespace{}), nc: nc}
+	l := fleettest.NewLocal(t)
+	return &fleet{t: t, local: l, srv: l.Srv, store: l.Store, api: l.API, nc: l.NC}
 }
 
-func (f *fleet) conn() *nats.Conn {
-	return testutil.Connect(f.t, f.srv, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-}
+func (f *fleet) conn() *nats.Conn { return f.local.Conn() }
 
 // startCoordinator runs a coordinator until the returned cancel is called
 // or the test ends.

@@ -35,6 +35,7 @@ import (
 
 type fleet struct {
 	t     *testing.T
+	local fleettest.Local
 	srv   *server.Server
 	store objectstore.Store
 	api   *client.Client
@@ -45,22 +46,15 @@ type fleet struct {
 func logger() *slog.Logger { return testutil.Logger(os.Stderr, slog.LevelWarn) }
 
 func newFleet(t *testing.T) *fleet {
-	srv := testutil.RunNATS(t)
-	store, err := objectstore.NewFS(t.TempDir())
+	l := fleettest.NewLocal(t)
+	js, err := jetstream.New(l.NC)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc := testutil.Connect(t, srv)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &fleet{t: t, srv: srv, store: store, api: client.New(nc, subjects.Namespace{}), nc: nc, js: js}
+	return &fleet{t: t, local: l, srv: l.Srv, store: l.Store, api: l.API, nc: l.NC, js: js}
 }
 
-func (f *fleet) conn() *nats.Conn {
-	return testutil.Connect(f.t, f.srv, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
-}
+func (f *fleet) conn() *nats.Conn { return f.local.Conn() }
 
 func (f *fleet) run(what string, run func(context.Context) error, ready <-chan struct{}) (context.Context, context.CancelFunc) {
 	return fleettest.Run(f.t, what, run, ready, 10*time.Second)
