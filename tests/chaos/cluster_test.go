@@ -112,12 +112,13 @@ func startCluster(t *testing.T, r *rand.Rand, clustered bool) *cluster {
 	c := &cluster{t: t, r: r, logDir: logDir}
 	// Registered first, so it runs last: after every process is killed.
 	t.Cleanup(func() {
-		if !t.Failed() && c.takeoverRestarts == 0 {
+		keep := os.Getenv("FLOTILLA_CHAOS_KEEP_LOGS") != ""
+		if !t.Failed() && c.takeoverRestarts == 0 && !keep {
 			os.RemoveAll(logDir)
 			return
 		}
 		if !t.Failed() {
-			t.Logf("takeovers restarted tasks: the full logs of every process are kept in %s", logDir)
+			t.Logf("the full logs of every process are kept in %s (takeovers restarted %d tasks)", logDir, c.takeoverRestarts)
 			return
 		}
 		for _, p := range c.procs() {
