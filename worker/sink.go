@@ -161,7 +161,8 @@ func (s *sink) drain() {
 // timeout, or a reconnect, which fails every pending ack) is published
 // again with the same Msg-Id, which the stream's duplicate window makes
 // harmless, for up to sinkRetryFor; an error answer of the stream itself
-// (an API error such as a limit) is final.
+// (an API error such as a limit) is final, unless it says to ask again
+// (pubRetryable).
 func (s *sink) confirm(f jetstream.PubAckFuture) error {
 	deadline := time.Now().Add(sinkRetryFor)
 	backoff := 20 * time.Millisecond
@@ -173,7 +174,7 @@ func (s *sink) confirm(f jetstream.PubAckFuture) error {
 		case err = <-f.Err():
 		}
 		var api *jetstream.APIError
-		if errors.As(err, &api) || time.Now().After(deadline) {
+		if (errors.As(err, &api) && !pubRetryable(api)) || time.Now().After(deadline) {
 			return err
 		}
 		select {
@@ -192,6 +193,21 @@ func (s *sink) confirm(f jetstream.PubAckFuture) error {
 		}
 	}
 }
+
+// pubRetryable reports whether a stream's error answer to a publish means
+// "not now" rather than "never": the stream has no quorum for the moment
+// (503), or it is still storing an earlier publish of the same Msg-Id
+// (10158, "duplicate message id is in process": a publish sent again while
+// the first waits for its replicas). Asked again, the stream stores the
+// message or, once the first is stored, acknowledges it as a duplicate.
+// Seen in the chaos run: during a partition of one NATS node, an output
+// sent again got 10158, and its task failed and restarted.
+func pubRetryable(api *jetstream.APIError) bool {
+	return api.Code == 503 || api.ErrorCode == errCodeDuplicateInProcess
+}
+
+// errCodeDuplicateInProcess is nats-server's JSStreamDuplicateMessageConflict.
+const errCodeDuplicateInProcess jetstream.ErrorCode = 10158
 
 // failedFuture stands for a publish that could not even be sent, so that
 // confirm retries it like an unconfirmed one.
