@@ -17,7 +17,6 @@ import (
 // JetStream, an object store on the local filesystem, and a connection to
 // the server with a user API client on it. All of it ends with the test.
 type Local struct {
-	tb    testing.TB
 	Srv   *server.Server
 	Store objectstore.Store
 	NC    *nats.Conn
@@ -33,11 +32,11 @@ func NewLocal(tb testing.TB) Local {
 		tb.Fatal(err)
 	}
 	nc := testutil.Connect(tb, srv)
-	return Local{tb: tb, Srv: srv, Store: store, NC: nc, API: client.New(nc, subjects.Namespace{})}
+	return Local{Srv: srv, Store: store, NC: nc, API: client.New(nc, subjects.Namespace{})}
 }
 
-// Conn returns another connection to the server, for a coordinator or a
-// worker: it reconnects forever, quickly, as a process under test would.
-func (l Local) Conn() *nats.Conn {
-	return testutil.Connect(l.tb, l.Srv, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+// Conn returns another connection to srv, for a coordinator or a worker:
+// it reconnects forever, quickly, as a process under test would.
+func Conn(tb testing.TB, srv *server.Server) *nats.Conn {
+	return testutil.Connect(tb, srv, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
 }

@@ -29,7 +29,6 @@ import (
 
 type fleet struct {
 	t     *testing.T
-	local fleettest.Local
 	srv   *server.Server
 	store objectstore.Store
 	ns    subjects.Namespace
@@ -41,10 +40,10 @@ func logger(*testing.T) *slog.Logger { return testutil.Logger(os.Stderr, slog.Le
 
 func newFleet(t *testing.T) *fleet {
 	l := fleettest.NewLocal(t)
-	return &fleet{t: t, local: l, srv: l.Srv, store: l.Store, api: l.API, nc: l.NC}
+	return &fleet{t: t, srv: l.Srv, store: l.Store, api: l.API, nc: l.NC}
 }
 
-func (f *fleet) conn() *nats.Conn { return f.local.Conn() }
+func (f *fleet) conn() *nats.Conn { return fleettest.Conn(f.t, f.srv) }
 
 // startCoordinator runs a coordinator until the returned cancel is called
 // or the test ends.

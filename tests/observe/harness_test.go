@@ -35,7 +35,6 @@ import (
 
 type fleet struct {
 	t     *testing.T
-	local fleettest.Local
 	srv   *server.Server
 	store objectstore.Store
 	api   *client.Client
@@ -51,10 +50,10 @@ func newFleet(t *testing.T) *fleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fleet{t: t, local: l, srv: l.Srv, store: l.Store, api: l.API, nc: l.NC, js: js}
+	return &fleet{t: t, srv: l.Srv, store: l.Store, api: l.API, nc: l.NC, js: js}
 }
 
-func (f *fleet) conn() *nats.Conn { return f.local.Conn() }
+func (f *fleet) conn() *nats.Conn { return fleettest.Conn(f.t, f.srv) }
 
 func (f *fleet) run(what string, run func(context.Context) error, ready <-chan struct{}) (context.Context, context.CancelFunc) {
 	return fleettest.Run(f.t, what, run, ready, 10*time.Second)
